@@ -1,0 +1,37 @@
+"""Defaults shared by the files in ``configs/`` (which only override them)."""
+import ml_collections
+
+
+def xnas_arch_optimizer() -> ml_collections.ConfigDict:
+  """XNAS settings; ``learning_rate_<cell type>`` = None takes eq. 4's eta*."""
+  return ml_collections.ConfigDict({
+      "name": "xnas",
+      "learning_rate_normal": ml_collections.FieldReference(None, field_type=float),
+      "learning_rate_reduce": ml_collections.FieldReference(None, field_type=float),
+      "grad_bound": 1.0,
+      "zeta": 1.0,
+      "per_example_rewards": True,
+      # Used by the darts_adam / gd_softmax baselines only.
+      "learning_rate": 3e-4, "b1": 0.5, "b2": 0.999, "weight_decay": 1e-3,
+  })
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """An XNAS search on digits with a small supernet."""
+  config = ml_collections.ConfigDict()
+  config.dataset = "digits"
+  config.data_dir = ""
+  config.limit = 0
+  config.seed = 0
+  config.op_set = "xnas"
+  config.topology = "darts"
+  config.channels = 8
+  config.num_cells = 5
+  config.batch_size = 32
+  config.epochs = 8
+  config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False})
+  config.weight_optimizer = ml_collections.ConfigDict({
+      "learning_rate": 0.025, "min_learning_rate": 0.001, "momentum": 0.9,
+      "weight_decay": 3e-4, "grad_clip": 5.0})
+  config.arch_optimizer = xnas_arch_optimizer()
+  return config

@@ -1,0 +1,63 @@
+"""Command line: ``xnas-search --config configs/<name>.py --workdir DIR``.
+
+Bad input (an unknown op set or data set, a non-positive rate or batch size,
+a batch larger than the data, an unknown config key) exits with status 2 and
+one line naming the bad value.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Search configuration file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, genotype.")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+
+
+def _fail(message: str, status: int = 2) -> None:
+  print(f"xnas-search: error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def enable_compilation_cache() -> None:
+  """JAX's persistent compilation cache, so re-runs skip XLA compilation."""
+  import jax  # pylint: disable=import-outside-toplevel
+  cache = os.environ.get("XNAS_JAX_CACHE",
+                         os.path.join(os.path.expanduser("~"), ".cache", "xnas_jax", "xla"))
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run(argv: list[str] | None = None) -> None:
+  argv = sys.argv if argv is None else argv
+  try:
+    flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  if _CONFIG.value is None:
+    _fail("--config is required (for example --config configs/digits.py)")
+  if not _WORKDIR.value:
+    _fail("--workdir is required")
+  from xnas_jax import input_pipeline, train  # pylint: disable=import-outside-toplevel
+  enable_compilation_cache()
+  try:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+  except (train.ConfigError, ValueError) as e:
+    _fail(str(e).splitlines()[0])
+  except input_pipeline.DataNotPreparedError as e:
+    _fail(str(e), status=2)
+  except train.SearchDiverged as e:
+    _fail(f"{e}; the last good checkpoint is in {os.path.join(_WORKDIR.value, 'checkpoints')}",
+          status=1)
+  s = result["summary"]
+  print(f"supernet test accuracy: {s['supernet_test_acc']:.4f}")
+  print("genotype:")
+  print(result["genotype"].to_json())
+
+
+if __name__ == "__main__":
+  run()

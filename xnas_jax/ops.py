@@ -1,0 +1,164 @@
+"""The candidate operations (experts) of the DARTS cell, as Flax modules.
+
+All tensors are NHWC.  Convolutions are ReLU-Conv-BN as in DARTS
+(``quark0/darts/cnn/operations.py``); separable convolutions are applied twice;
+BatchNorm is non-affine in the search network (``affine=False``) and affine in
+the evaluation network.  PyTorch's BatchNorm momentum 0.1 is Flax's 0.9.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_BN_MOMENTUM = 0.9
+_BN_EPS = 1e-5
+
+
+def batch_norm(affine: bool, train: bool, name: str | None = None) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
+                      epsilon=_BN_EPS, use_scale=affine, use_bias=affine, name=name)
+
+
+class ReLUConvBN(nn.Module):
+  """ReLU -> Conv(k x k, stride) -> BN."""
+  features: int
+  kernel_size: int = 1
+  stride: int = 1
+  affine: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    p = (self.kernel_size - 1) // 2
+    x = nn.relu(x)
+    x = nn.Conv(self.features, (self.kernel_size,) * 2, (self.stride,) * 2,
+                padding=((p, p), (p, p)), use_bias=False)(x)
+    return batch_norm(self.affine, train)(x)
+
+
+class DilConv(nn.Module):
+  """ReLU -> depthwise Conv(k, stride, dilation) -> Conv 1x1 -> BN."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dilation: int = 2
+  affine: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    c_in = x.shape[-1]
+    p = self.dilation * (self.kernel_size - 1) // 2
+    x = nn.relu(x)
+    x = nn.Conv(c_in, (self.kernel_size,) * 2, (self.stride,) * 2,
+                padding=((p, p), (p, p)), kernel_dilation=(self.dilation,) * 2,
+                feature_group_count=c_in, use_bias=False)(x)
+    x = nn.Conv(self.features, (1, 1), use_bias=False)(x)
+    return batch_norm(self.affine, train)(x)
+
+
+class SepConv(nn.Module):
+  """A dilation-1 ``DilConv`` applied twice (the first one strided)."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  affine: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    c_in = x.shape[-1]
+    x = DilConv(c_in, self.kernel_size, self.stride, 1, self.affine)(x, train)
+    return DilConv(self.features, self.kernel_size, 1, 1, self.affine)(x, train)
+
+
+class FactorizedReduce(nn.Module):
+  """ReLU -> two offset 1x1 convs with stride 2, concatenated -> BN."""
+  features: int
+  affine: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    if self.features % 2:
+      raise ValueError(f"FactorizedReduce needs an even channel count, got {self.features}")
+    x = nn.relu(x)
+    half = self.features // 2
+    a = nn.Conv(half, (1, 1), (2, 2), padding="VALID", use_bias=False)(x)
+    b = nn.Conv(half, (1, 1), (2, 2), padding="VALID", use_bias=False)(x[:, 1:, 1:, :])
+    # For odd sizes the offset branch is one pixel short; pad it at the end.
+    dh, dw = a.shape[1] - b.shape[1], a.shape[2] - b.shape[2]
+    b = jnp.pad(b, ((0, 0), (0, dh), (0, dw), (0, 0)))
+    return batch_norm(self.affine, train)(jnp.concatenate([a, b], axis=-1))
+
+
+class Pool(nn.Module):
+  """3x3 max or average pooling (padding 1, avg excludes padding) -> BN.
+
+  DARTS's search network follows every pooling with a non-affine BN
+  (``model_search.MixedOp``); the evaluation network does not.
+  """
+  kind: str
+  stride: int = 1
+  with_bn: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    pad = ((1, 1), (1, 1))
+    if self.kind == "max":
+      x = nn.max_pool(x, (3, 3), (self.stride,) * 2, padding=pad)
+    else:
+      x = nn.avg_pool(x, (3, 3), (self.stride,) * 2, padding=pad, count_include_pad=False)
+    return batch_norm(False, train)(x) if self.with_bn else x
+
+
+class Identity(nn.Module):
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    return x
+
+
+class Zero(nn.Module):
+  """The ``none`` operation: zeros of the output shape."""
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    return jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
+
+
+class Noise(nn.Module):
+  """The ``noise`` operation of space S4: N(0, 1) regardless of the input.
+
+  Draws from the ``"noise"`` RNG stream.
+  """
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    shape = x[:, ::self.stride, ::self.stride, :].shape
+    return jax.random.normal(self.make_rng("noise"), shape, x.dtype)
+
+
+def make_op(name: str, channels: int, stride: int, affine: bool = False,
+            pool_bn: bool = True) -> nn.Module:
+  """Returns the Flax module of operation ``name`` mapping C -> C channels."""
+  factories: dict[str, Callable[[], nn.Module]] = {
+      "none": lambda: Zero(stride),
+      "noise": lambda: Noise(stride),
+      "max_pool_3x3": lambda: Pool("max", stride, pool_bn),
+      "avg_pool_3x3": lambda: Pool("avg", stride, pool_bn),
+      "skip_connect": lambda: (Identity() if stride == 1
+                               else FactorizedReduce(channels, affine)),
+      "sep_conv_3x3": lambda: SepConv(channels, 3, stride, affine),
+      "sep_conv_5x5": lambda: SepConv(channels, 5, stride, affine),
+      "dil_conv_3x3": lambda: DilConv(channels, 3, stride, 2, affine),
+      "dil_conv_5x5": lambda: DilConv(channels, 5, stride, 2, affine),
+  }
+  if name not in factories:
+    raise ValueError(f"unknown operation {name!r}; expected one of {sorted(factories)}")
+  return factories[name]()
+
+
+def is_parameter_free(name: str) -> bool:
+  """Whether an op has no trainable weights (pools, skip, none, noise)."""
+  return name in ("none", "noise", "max_pool_3x3", "avg_pool_3x3", "skip_connect")

@@ -1,0 +1,403 @@
+"""The alternating first-order architecture search.
+
+Each step (XNAS Alg. 1, lines 4-12; DARTS first order):
+
+1. a weight step on a batch of the weights half: SGD with momentum, cosine
+   schedule, weight decay and gradient clipping, as DARTS;
+2. an architecture step on a batch of the architecture half, through any
+   optax transformation: XNAS (fed ``dloss/du``), or DARTS's Adam / GD with
+   softmax (fed ``dloss/da``).
+
+One jitted gradient program serves both steps: it returns the loss, the
+gradient w.r.t. the network weights, and the gradient w.r.t. a copy of the
+mixture weights held per cell replica and per example (shape
+``[replicas, batch, edges, experts]``); XLA compiles the supernet's backward
+pass once instead of twice.  The search state is a plain pytree; it is
+checkpointed with orbax at epoch boundaries, and a re-run resumes from it
+bit-identically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from xnas_jax import arch as arch_lib
+from xnas_jax import genotype as genotype_lib
+from xnas_jax import input_pipeline
+from xnas_jax import optim
+from xnas_jax.search_space import CELL_TYPES, get_search_space
+from xnas_jax.supernet import Supernet
+
+PyTree = Any
+
+
+class ConfigError(ValueError):
+  """A bad configuration value (reported in one line)."""
+
+
+class SearchDiverged(RuntimeError):
+  """A non-finite loss; the last good checkpoint is kept."""
+
+
+ARCH_OPTIMIZERS = ("xnas", "darts_adam", "gd_softmax")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ConfigError`` naming the first bad value."""
+  def positive(name, value):
+    if not value > 0:
+      raise ConfigError(f"{name} must be positive, got {value!r}")
+  from xnas_jax.search_space import OP_SETS, TOPOLOGIES  # pylint: disable=import-outside-toplevel
+  if config.dataset not in input_pipeline.DATASETS:
+    raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {list(input_pipeline.DATASETS)}")
+  if config.op_set not in OP_SETS:
+    raise ConfigError(f"unknown op_set {config.op_set!r}; expected one of {sorted(OP_SETS)}")
+  if config.topology not in TOPOLOGIES:
+    raise ConfigError(f"unknown topology {config.topology!r}; expected one of {list(TOPOLOGIES)}")
+  if config.arch_optimizer.name not in ARCH_OPTIMIZERS:
+    raise ConfigError(f"unknown arch_optimizer.name {config.arch_optimizer.name!r}; "
+                      f"expected one of {list(ARCH_OPTIMIZERS)}")
+  positive("batch_size", config.batch_size)
+  positive("epochs", config.epochs)
+  positive("channels", config.channels)
+  positive("num_cells", config.num_cells)
+  positive("weight_optimizer.learning_rate", config.weight_optimizer.learning_rate)
+  if config.arch_optimizer.name == "xnas":
+    positive("arch_optimizer.grad_bound", config.arch_optimizer.grad_bound)
+    if not 0 < config.arch_optimizer.zeta <= 1:
+      raise ConfigError(f"arch_optimizer.zeta must be in (0, 1], got {config.arch_optimizer.zeta!r}")
+    for t in CELL_TYPES:
+      lr = config.arch_optimizer.get(f"learning_rate_{t}", None)
+      if lr is not None and not lr > 0:
+        raise ConfigError(f"arch_optimizer.learning_rate_{t} must be positive, got {lr!r}")
+  else:
+    positive("arch_optimizer.learning_rate", config.arch_optimizer.learning_rate)
+
+
+# --------------------------------------------------------------------------
+# Construction.
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+  """Everything static about a search: network, optimizers, data, schedule."""
+  config: ml_collections.ConfigDict
+  net: Supernet
+  data: input_pipeline.SearchData
+  weight_tx: optax.GradientTransformation
+  arch_tx: optax.GradientTransformation
+  gradient_wrt: str
+  steps_per_epoch: int
+  arch_learning_rates: dict[str, float]
+  rewards_per_step: dict[str, int]
+
+
+def weight_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """DARTS's weight optimizer: clip, L2 decay, momentum SGD on a cosine schedule."""
+  schedule = optax.cosine_decay_schedule(
+      cfg.learning_rate, max(total_steps, 1), alpha=cfg.min_learning_rate / cfg.learning_rate)
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                     optax.add_decayed_weights(cfg.weight_decay),
+                     optax.sgd(schedule, momentum=cfg.momentum))
+
+
+def build_search(config: ml_collections.ConfigDict) -> Search:
+  """Validates the config, loads the data and builds network and optimizers."""
+  validate_config(config)
+  space = get_search_space(config.op_set, config.topology)
+  data = input_pipeline.load_search_data(config.dataset, config.seed, data_dir=config.data_dir or None,
+                                         limit=config.get("limit", 0))
+  b = config.batch_size
+  if b > len(data.train) or b > len(data.val):
+    raise ConfigError(f"batch_size {b} is larger than the data "
+                      f"({len(data.train)} train / {len(data.val)} val examples)")
+  net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells)
+  steps = min(len(data.train), len(data.val)) // b
+  acfg = config.arch_optimizer
+  rates, per_step = {}, {}
+  if acfg.name == "xnas":
+    per_example = acfg.per_example_rewards
+    txs = {}
+    for t in CELL_TYPES:
+      r = net.replicas[t]
+      per_step[t] = b * r if per_example else 1
+      horizon = (optim.search_horizon(steps * b, config.epochs, r) if per_example
+                 else steps * config.epochs)
+      n = space.num_ops
+      lr = acfg.get(f"learning_rate_{t}", None)
+      rates[t] = float(lr) if lr is not None else optim.regret_optimal_learning_rate(
+          n, max(horizon, 1), acfg.grad_bound)
+      txs[t] = optim.xnas(rates[t], acfg.grad_bound, horizon, acfg.zeta, per_step[t],
+                          initial_mask=net.default_masks()[t])
+    arch_tx = optax.multi_transform(txs, {t: t for t in CELL_TYPES})
+    wrt = optim.GRADIENT_WRT_MIXTURE
+  elif acfg.name == "darts_adam":
+    arch_tx = optim.darts_adam(acfg.learning_rate, acfg.b1, acfg.b2, acfg.weight_decay)
+    wrt = optim.GRADIENT_WRT_LOGITS
+  else:
+    arch_tx = optim.gd_softmax(acfg.learning_rate)
+    wrt = optim.GRADIENT_WRT_LOGITS
+  return Search(config, net, data, weight_optimizer(config.weight_optimizer, steps * config.epochs),
+                arch_tx, wrt, steps, rates, per_step)
+
+
+def init_state(search: Search, key: jax.Array) -> PyTree:
+  """The search state, a plain pytree of arrays."""
+  k_net, k_arch, k_data = jax.random.split(key, 3)
+  x = jnp.zeros((search.config.batch_size,) + search.data.image_shape, jnp.float32)
+  variables = search.net.init(k_net, x)
+  arch = arch_lib.init_arch_params(
+      search.net.space, k_arch, 1e-3 if search.gradient_wrt == optim.GRADIENT_WRT_LOGITS else 0.0)
+  return {
+      "step": jnp.zeros([], jnp.int32),
+      "epoch": jnp.zeros([], jnp.int32),
+      "params": variables["params"],
+      "batch_stats": variables["batch_stats"],
+      "opt_state": search.weight_tx.init(variables["params"]),
+      "arch": arch,
+      "arch_opt_state": search.arch_tx.init(arch),
+      "data_key": jax.random.key_data(k_data),
+  }
+
+
+def live_masks(search: Search, state: PyTree) -> dict[str, jax.Array]:
+  """Experts still active: the wipeout mask (XNAS) and the space's own sets."""
+  masks = search.net.default_masks()
+  found = optax.tree_utils.tree_get_all_with_path(state["arch_opt_state"], "mask")
+  for _, m in found:
+    for t in CELL_TYPES:
+      if isinstance(m, dict) and t in m and not isinstance(m[t], optax.MaskedNode):
+        masks[t] = masks[t] & m[t]
+  return masks
+
+
+# --------------------------------------------------------------------------
+# Jitted pieces.
+
+def make_functions(search: Search) -> dict[str, Callable]:
+  """The jitted functions of a search (built once per network structure)."""
+  net, cfg = search.net, search.config
+  acfg = cfg.arch_optimizer
+  mean = jnp.asarray(search.data.mean)
+  std = jnp.asarray(search.data.std)
+
+  def prepare(images, labels, idx, key, augment):
+    x, y = images[idx], labels[idx]
+    if augment:
+      x = input_pipeline.augment(key, x, pad=cfg.augment.pad, flip=cfg.augment.flip)
+    return input_pipeline.standardize(x, mean, std), y
+
+  def loss_and_grads(params, batch_stats, u_full, masks, x, y, rng):
+    """Summed cross-entropy; gradients w.r.t. weights and per-copy ``u``."""
+    def loss_fn(params, u_full):
+      logits, new_stats = net.apply({"params": params, "batch_stats": batch_stats}, x, u_full,
+                                    masks, train=True, rng=rng)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return jnp.sum(losses), (new_stats, jnp.sum(jnp.argmax(logits, -1) == y))
+    (loss, (new_stats, correct)), (g_params, g_u) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(params, u_full)
+    return loss, correct, g_params, g_u, new_stats
+
+  grads_fn = jax.jit(loss_and_grads)
+
+  def full_weights(arch, masks, batch):
+    u = arch_lib.mixture_weights(arch, masks)
+    e, n = net.space.num_edges, net.space.num_ops
+    return {t: jnp.broadcast_to(u[t], (max(net.replicas[t], 1), batch, e, n)) for t in CELL_TYPES}
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def weight_update(params, opt_state, g_params, batch):
+    g = jax.tree.map(lambda a: a / batch, g_params)  # gradient of the mean loss
+    updates, opt_state = search.weight_tx.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def arch_update(arch, arch_opt_state, g_u, masks):
+    b = next(iter(g_u.values())).shape[1]
+    if search.gradient_wrt == optim.GRADIENT_WRT_MIXTURE:
+      if acfg.per_example_rewards:
+        # One reward per example and cell replica, each L-bounded (Theorem 1).
+        g = {t: jnp.sum(jnp.clip(g_u[t], -acfg.grad_bound, acfg.grad_bound), axis=(0, 1))
+             for t in CELL_TYPES}
+      else:
+        g = {t: jnp.sum(g_u[t], axis=(0, 1)) / b for t in CELL_TYPES}
+    else:
+      g_shared = {t: jnp.sum(g_u[t], axis=(0, 1)) / b for t in CELL_TYPES}
+      _, vjp = jax.vjp(lambda a: arch_lib.mixture_weights(a, masks), arch)
+      (g,) = vjp(g_shared)
+    updates, arch_opt_state = search.arch_tx.update(g, arch_opt_state, arch)
+    return optax.apply_updates(arch, updates), arch_opt_state
+
+  @jax.jit
+  def evaluate(params, batch_stats, arch, masks, x, y):
+    u = arch_lib.mixture_weights(arch, masks)
+    logits, _ = net.apply({"params": params, "batch_stats": batch_stats}, x, u, masks,
+                          train=False, rng=jax.random.key(0))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum(losses), jnp.sum(jnp.argmax(logits, -1) == y)
+
+  return {
+      "prepare": jax.jit(prepare, static_argnums=4),
+      "grads": grads_fn,
+      "full_weights": jax.jit(full_weights, static_argnums=2),
+      "weight_update": weight_update,
+      "arch_update": arch_update,
+      "evaluate": evaluate,
+  }
+
+
+def search_step(search: Search, fns: dict[str, Callable], state: PyTree, train_data, val_data,
+                train_idx, val_idx) -> tuple[PyTree, jax.Array]:
+  """One weight step and one architecture step; returns the step's metrics
+  ``[train_loss_sum, train_correct, val_loss_sum, val_correct]`` (on device)."""
+  key = jax.random.wrap_key_data(state["data_key"])
+  step_key = jax.random.fold_in(key, state["step"])
+  k_tr, k_val, k_noise1, k_noise2 = jax.random.split(step_key, 4)
+  b = search.config.batch_size
+  masks = live_masks(search, state)
+  u_full = fns["full_weights"](state["arch"], masks, b)
+  x, y = fns["prepare"](*train_data, train_idx, k_tr, True)
+  loss, correct, g_params, _, new_stats = fns["grads"](
+      state["params"], state["batch_stats"], u_full, masks, x, y, k_noise1)
+  params, opt_state = fns["weight_update"](state["params"], state["opt_state"], g_params, b)
+  xv, yv = fns["prepare"](*val_data, val_idx, k_val, True)
+  vloss, vcorrect, _, g_u, _ = fns["grads"](params, new_stats, u_full, masks, xv, yv, k_noise2)
+  arch, arch_opt_state = fns["arch_update"](state["arch"], state["arch_opt_state"], g_u, masks)
+  new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_stats,
+                   opt_state=opt_state, arch=arch, arch_opt_state=arch_opt_state)
+  return new_state, jnp.stack([loss, correct, vloss, vcorrect]).astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------
+# Metrics.
+
+def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> dict[str, Any]:
+  b = search.config.batch_size
+  masks = live_masks(search, state)
+  u = arch_lib.mixture_weights(state["arch"], masks)
+  sums = step_metrics.sum(axis=0)
+  n = len(step_metrics) * b
+  out = {
+      "epoch": int(state["epoch"]),
+      "step": int(state["step"]),
+      "train_loss": float(sums[0] / n), "train_acc": float(sums[1] / n),
+      "val_loss": float(sums[2] / n), "val_acc": float(sums[3] / n),
+  }
+  for t in CELL_TYPES:
+    out[f"entropy_{t}"] = float(arch_lib.normalized_entropy(u[t]))
+    out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
+  return out
+
+
+def genotype_of(search: Search, state: PyTree) -> genotype_lib.Genotype:
+  masks = live_masks(search, state)
+  u = arch_lib.mixture_weights(state["arch"], masks)
+  return genotype_lib.discretize({t: np.asarray(u[t]) for t in CELL_TYPES}, search.net.space,
+                                 {t: np.asarray(masks[t]) for t in CELL_TYPES})
+
+
+def check_finite(step_metrics: np.ndarray, first_step: int) -> None:
+  names = ("train loss", "train accuracy", "val loss", "val accuracy")
+  bad = ~np.isfinite(step_metrics)
+  if bad.any():
+    i, j = np.argwhere(bad)[0]
+    raise SearchDiverged(f"non-finite {names[j]} ({step_metrics[i, j]}) at step {first_step + i}")
+
+
+# --------------------------------------------------------------------------
+# The loop.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) a search in ``workdir``; returns the final summary.
+
+  Writes ``workdir/metrics.jsonl`` (one line per epoch), orbax checkpoints
+  under ``workdir/checkpoints`` and ``workdir/genotype.json``.
+  """
+  from xnas_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  search = build_search(config)
+  os.makedirs(workdir, exist_ok=True)
+  key = jax.random.key(config.seed)
+  abstract = jax.eval_shape(lambda: init_state(search, key))
+  manager = checkpointing.manager(os.path.join(workdir, "checkpoints"))
+  state = checkpointing.restore_latest(manager, abstract)
+  if state is None:
+    state = init_state(search, key)
+  start_epoch = int(state["epoch"])
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  _truncate_metrics(metrics_path, start_epoch)
+
+  fns = make_functions(search)
+  d = search.data
+  train_data = (jnp.asarray(d.train.images), jnp.asarray(d.train.labels))
+  val_data = (jnp.asarray(d.val.images), jnp.asarray(d.val.labels))
+  order_key = jax.random.key(config.seed + 1)
+  b, steps = config.batch_size, search.steps_per_epoch
+  epochs = range(start_epoch, config.epochs)
+  bar = _progress(epochs, progress)
+  summary: dict[str, Any] = {}
+  try:
+    for epoch in bar:
+      t0 = time.time()
+      tr = input_pipeline.epoch_batches(order_key, len(d.train), b, 2 * epoch)[:steps]
+      va = input_pipeline.epoch_batches(order_key, len(d.val), b, 2 * epoch + 1)[:steps]
+      first = int(state["step"])
+      step_metrics = []
+      for i in range(steps):
+        state, m = search_step(search, fns, state, train_data, val_data, tr[i], va[i])
+        step_metrics.append(m)
+      step_metrics = np.asarray(jnp.stack(step_metrics))
+      check_finite(step_metrics, first)
+      state = dict(state, epoch=state["epoch"] + 1)
+      summary = epoch_metrics(search, state, step_metrics)
+      summary["epoch_time_s"] = round(time.time() - t0, 3)
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(summary) + "\n")
+      checkpointing.save(manager, int(state["epoch"]), state)
+      if hasattr(bar, "set_postfix"):
+        bar.set_postfix(train_acc=f"{summary['train_acc']:.3f}", val_acc=f"{summary['val_acc']:.3f}",
+                        H=f"{summary['entropy_normal']:.3f}")
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+  genotype = genotype_of(search, state)
+  with open(os.path.join(workdir, "genotype.json"), "w") as f:
+    f.write(genotype.to_json())
+  test_loss, test_correct = 0.0, 0
+  masks = live_masks(search, state)
+  for x, y in input_pipeline.iterate(d.test, 256):
+    x = input_pipeline.standardize(jnp.asarray(x), d.mean, d.std)
+    l, c = fns["evaluate"](state["params"], state["batch_stats"], state["arch"], masks, x, jnp.asarray(y))
+    test_loss, test_correct = test_loss + float(l), test_correct + int(c)
+  summary = dict(summary, supernet_test_acc=test_correct / max(len(d.test), 1),
+                 genotype=genotype.to_dict(), arch_learning_rates=search.arch_learning_rates)
+  return {"state": state, "genotype": genotype, "summary": summary}
+
+
+def _truncate_metrics(path: str, keep_epochs: int) -> None:
+  """Drops metric lines of epochs not covered by the restored checkpoint."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)["epoch"] <= keep_epochs]
+  with open(path, "w") as f:
+    f.writelines(lines)
+
+
+def _progress(it, enabled: bool):
+  if not enabled:
+    return it
+  try:
+    from tqdm import auto as tqdm  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return it
+  return tqdm.tqdm(it, desc="search", unit="epoch")
