@@ -1,0 +1,119 @@
+"""End-to-end: a short search on digits, exact resume, failures, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from xnas_jax import checkpointing, train
+from xnas_jax import config_defaults
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  c = config_defaults.base_config()
+  c.channels, c.num_cells, c.batch_size, c.epochs, c.limit = 4, 3, 16, 2, 96
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("full"))
+  return workdir, train.train_and_evaluate(tiny_config(), workdir, progress=False)
+
+
+def test_end_to_end_search_writes_metrics_checkpoints_and_genotype(finished):
+  workdir, result = finished
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [l["epoch"] for l in lines] == [1, 2]
+  for key in ("train_loss", "val_acc", "entropy_normal", "active_reduce"):
+    assert np.isfinite(lines[-1][key])
+  assert 0 <= lines[-1]["entropy_normal"] <= 1
+  g = json.load(open(os.path.join(workdir, "genotype.json")))
+  assert len(g["normal"]) == 8 and len(g["reduce"]) == 8
+  ops = {op for op, _ in g["normal"] + g["reduce"]}
+  assert "none" not in ops
+  # The genotype never contains a wiped expert.
+  masks = train.live_masks(train.build_search(tiny_config()), result["state"])
+  space = train.build_search(tiny_config()).net.space
+  for t in ("normal", "reduce"):
+    for (op, src), k in zip(g[t], _edge_ids(space, g[t])):
+      assert bool(masks[t][k, space.ops.index(op)])
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "2"
+
+
+def _edge_ids(space, cell):
+  ids = []
+  for j in range(4):
+    for op, src in cell[2 * j:2 * j + 2]:
+      ids.append(space.edges.index((src, j + 2)))
+  return ids
+
+
+def test_resume_is_bit_identical(finished, tmp_path, monkeypatch):
+  _, full = finished
+  workdir = str(tmp_path)
+  original = train.epoch_metrics
+  calls = {"n": 0}
+
+  def crash_in_second_epoch(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 2:
+      raise KeyboardInterrupt("simulated crash")
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(train, "epoch_metrics", crash_in_second_epoch)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(tiny_config(), workdir, progress=False)
+  monkeypatch.setattr(train, "epoch_metrics", original)
+  resumed = train.train_and_evaluate(tiny_config(), workdir, progress=False)
+  for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert resumed["genotype"] == full["genotype"]
+  assert len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) == 2
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  original = train.search_step
+  calls = {"n": 0}
+
+  def poisoned(*args, **kwargs):
+    state, m = original(*args, **kwargs)
+    calls["n"] += 1
+    return state, (m.at[2].set(np.nan) if calls["n"] == 5 else m)
+
+  monkeypatch.setattr(train, "search_step", poisoned)
+  with pytest.raises(train.SearchDiverged, match=r"non-finite val loss \(nan\) at step 4"):
+    train.train_and_evaluate(tiny_config(), workdir, progress=False)
+  search = train.build_search(tiny_config())
+  abstract = jax.eval_shape(lambda: train.init_state(search, jax.random.key(0)))
+  mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
+  restored = checkpointing.restore_latest(mngr, abstract)
+  mngr.close()
+  assert int(restored["epoch"]) == 1 and int(restored["step"]) == 3
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.op_set=nope", "'nope'"),
+    ("--config.dataset=imagenet9", "'imagenet9'"),
+    ("--config.batch_size=0", "batch_size"),
+    ("--config.batch_size=5000", "batch_size 5000"),
+    ("--config.weight_optimizer.learning_rate=-1", "learning_rate"),
+    ("--config.no_such_key=1", "no_such_key"),
+])
+def test_cli_bad_input_exits_2_with_one_line(flag, message, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "xnas_jax.main", "--config", os.path.join(ROOT, "configs", "digits.py"),
+       "--workdir", str(tmp_path), flag],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stderr
+  assert message in lines[0]
