@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.channels = 8
   config.num_cells = 5
   config.batch_size = 32
-  config.epochs = 8
+  config.epochs = 5
   config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False})
   config.weight_optimizer = ml_collections.ConfigDict({
       "learning_rate": 0.025, "min_learning_rate": 0.001, "momentum": 0.9,
