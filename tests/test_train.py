@@ -32,9 +32,12 @@ def test_end_to_end_search_writes_metrics_checkpoints_and_genotype(finished):
   workdir, result = finished
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [l["epoch"] for l in lines] == [1, 2]
-  for key in ("train_loss", "val_acc", "entropy_normal", "active_reduce"):
+  for key in ("train_loss", "val_acc", "entropy_normal", "active_reduce", "wipeout_gap_normal"):
     assert np.isfinite(lines[-1][key])
   assert 0 <= lines[-1]["entropy_normal"] <= 1
+  # The gap closes as t -> T (Alg. 1, line 11), and compilations are counted.
+  assert lines[0]["wipeout_gap_normal"] > lines[-1]["wipeout_gap_normal"] == 0.0
+  assert lines[-1]["compilations"] == 0  # nothing recompiles after the first epoch
   g = json.load(open(os.path.join(workdir, "genotype.json")))
   assert len(g["normal"]) == 8 and len(g["reduce"]) == 8
   ops = {op for op, _ in g["normal"] + g["reduce"]}

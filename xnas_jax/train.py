@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from xnas_jax import arch as arch_lib
+from xnas_jax import compile_counter
 from xnas_jax import genotype as genotype_lib
 from xnas_jax import input_pipeline
 from xnas_jax import optim
@@ -295,7 +296,36 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
   for t in CELL_TYPES:
     out[f"entropy_{t}"] = float(arch_lib.normalized_entropy(u[t]))
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
+  out.update(wipeout_gaps(search, state))
   return out
+
+
+def wipeout_gaps(search: Search, state: PyTree) -> dict[str, float]:
+  """The log-space wipeout gap ``2 eta L (T - t) zeta`` per cell type (XNAS
+  Alg. 1, line 11): an expert whose log-weight trails its forecaster's leader
+  by more than this is wiped at the next step."""
+  acfg = search.config.arch_optimizer
+  if search.gradient_wrt != optim.GRADIENT_WRT_MIXTURE:
+    return {}
+  out = {}
+  horizons = _horizons(search)
+  for path, count in optax.tree_utils.tree_get_all_with_path(state["arch_opt_state"], "count"):
+    if getattr(path[-1], "tuple_name", "") != "WipeoutState":
+      continue
+    t = next((p.key for p in path if getattr(p, "key", None) in CELL_TYPES), None)
+    if t is not None:
+      remaining = max(horizons[t] - int(count), 0)
+      out[f"wipeout_gap_{t}"] = (2.0 * search.arch_learning_rates[t] * acfg.grad_bound
+                                 * remaining * acfg.zeta)
+  return out
+
+
+def _horizons(search: Search) -> dict[str, int]:
+  cfg, acfg = search.config, search.config.arch_optimizer
+  b = cfg.batch_size
+  return {t: (optim.search_horizon(search.steps_per_epoch * b, cfg.epochs, search.net.replicas[t])
+              if acfg.per_example_rewards else search.steps_per_epoch * cfg.epochs)
+          for t in CELL_TYPES}
 
 
 def genotype_of(search: Search, state: PyTree) -> genotype_lib.Genotype:
@@ -336,6 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   _truncate_metrics(metrics_path, start_epoch)
 
+  compile_counter.install()
+  compiled_before = compile_counter.snapshot()
   fns = make_functions(search)
   d = search.data
   train_data = (jnp.asarray(d.train.images), jnp.asarray(d.train.labels))
@@ -360,6 +392,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state = dict(state, epoch=state["epoch"] + 1)
       summary = epoch_metrics(search, state, step_metrics)
       summary["epoch_time_s"] = round(time.time() - t0, 3)
+      now = compile_counter.snapshot()
+      summary["compilations"] = now[0] - compiled_before[0]  # during this epoch
+      summary["compile_s"] = round(now[1] - compiled_before[1], 3)
+      compiled_before = now
       with open(metrics_path, "a") as f:
         f.write(json.dumps(summary) + "\n")
       checkpointing.save(manager, int(state["epoch"]), state)

@@ -1,0 +1,40 @@
+"""Counts XLA backend compilations (and their seconds) through ``jax.monitoring``.
+
+A persistent-cache hit does not count: only real XLA compilations fire the
+backend-compile event.
+"""
+from __future__ import annotations
+
+import threading
+
+import jax
+
+_EVENT = "/jax/core/compile/backend_compile_duration"
+_lock = threading.Lock()
+_count = 0
+_seconds = 0.0
+_registered = False
+
+
+def _listener(event: str, duration: float, **kwargs) -> None:
+  del kwargs
+  global _count, _seconds
+  if event == _EVENT:
+    with _lock:
+      _count += 1
+      _seconds += duration
+
+
+def install() -> None:
+  """Registers the listener once per process."""
+  global _registered
+  with _lock:
+    if not _registered:
+      jax.monitoring.register_event_duration_secs_listener(_listener)
+      _registered = True
+
+
+def snapshot() -> tuple[int, float]:
+  """``(compilations, seconds)`` since the process started counting."""
+  with _lock:
+    return _count, _seconds
