@@ -43,8 +43,9 @@ def test_end_to_end_search_writes_metrics_checkpoints_and_genotype(finished):
   ops = {op for op, _ in g["normal"] + g["reduce"]}
   assert "none" not in ops
   # The genotype never contains a wiped expert.
-  masks = train.live_masks(train.build_search(tiny_config()), result["state"])
-  space = train.build_search(tiny_config()).net.space
+  search = train.build_search(tiny_config())
+  masks = train.live_masks(search, result["state"])
+  space = search.net.space
   for t in ("normal", "reduce"):
     for (op, src), k in zip(g[t], _edge_ids(space, g[t])):
       assert bool(masks[t][k, space.ops.index(op)])

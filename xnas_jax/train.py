@@ -100,6 +100,7 @@ class Search:
   steps_per_epoch: int
   arch_learning_rates: dict[str, float]
   rewards_per_step: dict[str, int]
+  horizons: dict[str, int]  # T per cell type (XNAS only; empty otherwise)
 
 
 def weight_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
@@ -124,15 +125,15 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
   net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells)
   steps = min(len(data.train), len(data.val)) // b
   acfg = config.arch_optimizer
-  rates, per_step = {}, {}
+  rates, per_step, horizons = {}, {}, {}
   if acfg.name == "xnas":
     per_example = acfg.per_example_rewards
     txs = {}
     for t in CELL_TYPES:
       r = net.replicas[t]
       per_step[t] = b * r if per_example else 1
-      horizon = (optim.search_horizon(steps * b, config.epochs, r) if per_example
-                 else steps * config.epochs)
+      horizon = horizons[t] = (optim.search_horizon(steps * b, config.epochs, r)
+                               if per_example else steps * config.epochs)
       n = space.num_ops
       lr = acfg.get(f"learning_rate_{t}", None)
       rates[t] = float(lr) if lr is not None else optim.regret_optimal_learning_rate(
@@ -148,7 +149,7 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
     arch_tx = optim.gd_softmax(acfg.learning_rate)
     wrt = optim.GRADIENT_WRT_LOGITS
   return Search(config, net, data, weight_optimizer(config.weight_optimizer, steps * config.epochs),
-                arch_tx, wrt, steps, rates, per_step)
+                arch_tx, wrt, steps, rates, per_step, horizons)
 
 
 def init_state(search: Search, key: jax.Array) -> PyTree:
@@ -308,24 +309,15 @@ def wipeout_gaps(search: Search, state: PyTree) -> dict[str, float]:
   if search.gradient_wrt != optim.GRADIENT_WRT_MIXTURE:
     return {}
   out = {}
-  horizons = _horizons(search)
   for path, count in optax.tree_utils.tree_get_all_with_path(state["arch_opt_state"], "count"):
     if getattr(path[-1], "tuple_name", "") != "WipeoutState":
       continue
     t = next((p.key for p in path if getattr(p, "key", None) in CELL_TYPES), None)
     if t is not None:
-      remaining = max(horizons[t] - int(count), 0)
+      remaining = max(search.horizons[t] - int(count), 0)
       out[f"wipeout_gap_{t}"] = (2.0 * search.arch_learning_rates[t] * acfg.grad_bound
                                  * remaining * acfg.zeta)
   return out
-
-
-def _horizons(search: Search) -> dict[str, int]:
-  cfg, acfg = search.config, search.config.arch_optimizer
-  b = cfg.batch_size
-  return {t: (optim.search_horizon(search.steps_per_epoch * b, cfg.epochs, search.net.replicas[t])
-              if acfg.per_example_rewards else search.steps_per_epoch * cfg.epochs)
-          for t in CELL_TYPES}
 
 
 def genotype_of(search: Search, state: PyTree) -> genotype_lib.Genotype:
