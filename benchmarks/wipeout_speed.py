@@ -1,17 +1,27 @@
-"""Search-step time against the number of live experts per edge.
+"""Search-step time against the number of live experts per edge, masked and rebuilt.
 
 The wipeout mask is a dynamic input of the compiled program: each expert runs
-under ``lax.cond``, so wiped experts are skipped without recompiling.  This
-prints, side by side in one run, the time of the gradient program the search
-runs twice per step, with k random live experts per edge (same k on every
-edge of both cell types), as a ratio to the full supernet.
+under ``lax.cond``, so wiped experts are skipped without recompiling.  Once an
+op is wiped on every edge of a cell type, the search rebuilds the supernet
+without it at the next epoch boundary (``config.rebuild_wiped``), paying one
+compilation.  This times the search's own gradient program
+(``train.loss_and_grads_fn``, run twice per search step), side by side in one
+run, as a ratio to the full supernet:
+
+* masked, random: k random live experts on each edge (one compilation serves
+  every row);
+* masked, same k: the same k ops live on every edge (what a rebuild needs);
+* rebuilt: the supernet built with only those k ops, its compile time, and the
+  number of search steps after which the rebuild has paid for its compilation
+  (``compile / (2 x (masked - rebuilt))``).
 
   python benchmarks/wipeout_speed.py                 # digits supernet
-  python benchmarks/wipeout_speed.py --side 32 --channels 16 --cells 8 --batch 32
+  python benchmarks/wipeout_speed.py --side 32 --in_channels 3 --channels 16 --cells 8 --batch 32
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -19,8 +29,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from xnas_jax import arch as arch_lib
+from xnas_jax import train
+from xnas_jax.rebuild import carry_over
 from xnas_jax.search_space import CELL_TYPES, get_search_space
 from xnas_jax.supernet import Supernet
+
+
+def step_time(fn, args, repeats):
+  jax.block_until_ready(fn(*args))  # warm
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
 
 
 def main():
@@ -32,7 +54,9 @@ def main():
   ap.add_argument("--cells", type=int, default=5)
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--no_rebuild", action="store_true", help="masked rows only (one compilation)")
   args = ap.parse_args()
+  jax.config.update("jax_enable_compilation_cache", False)
 
   space = get_search_space(args.op_set)
   net = Supernet(space, 10, channels=args.channels, num_cells=args.cells)
@@ -40,40 +64,56 @@ def main():
   y = jnp.zeros((args.batch,), jnp.int32)
   v = net.init(jax.random.key(1), x)
   e, n = space.num_edges, space.num_ops
-
-  def grads(params, stats, arch, masks):
-    u = arch_lib.mixture_weights(arch, masks)
-    full = {t: jnp.broadcast_to(u[t], (max(net.replicas[t], 1), args.batch, e, n)) for t in CELL_TYPES}
-    def f(params, w):
-      logits, _ = net.apply({"params": params, "batch_stats": stats}, x, w, masks, rng=jax.random.key(0))
-      return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(args.batch), y])
-    return jax.grad(f, argnums=(0, 1))(params, full)
-
-  fn = jax.jit(grads)
   arch = arch_lib.init_arch_params(space)
   rng = np.random.default_rng(0)
-  results = []
-  for k in range(n, 0, -1) if n <= 8 else (n, n // 2, 1):
-    masks = {}
+  key = jax.random.key(2)
+
+  def inputs(the_net, variables, masks):
+    u = train.per_copy_weights(the_net, arch_lib.mixture_weights(arch, masks), args.batch)
+    return (variables["params"], variables["batch_stats"], u, masks, x, y, key)
+
+  masked_fn = jax.jit(train.loss_and_grads_fn(net))
+  rows = []
+  order = [o for o in space.ops if o != "none"]
+  for k in range(len(order), 0, -1):
+    random_masks, same_masks = {}, {}
+    keep = order[:k]
     for t in CELL_TYPES:
       m = np.zeros((e, n), bool)
       for row in m:
         row[rng.choice(n, k, replace=False)] = True
-      masks[t] = jnp.asarray(m)
-    jax.block_until_ready(fn(v["params"], v["batch_stats"], arch, masks))  # warm
-    times = []
-    for _ in range(args.repeats):
+      random_masks[t] = jnp.asarray(m)
+      same = np.zeros((e, n), bool)
+      same[:, [space.ops.index(o) for o in keep]] = True
+      same_masks[t] = jnp.asarray(same)
+    row = {"k": k,
+           "random": step_time(masked_fn, inputs(net, v, random_masks), args.repeats),
+           "same": step_time(masked_fn, inputs(net, v, same_masks), args.repeats)}
+    if not args.no_rebuild:
+      small = dataclasses.replace(net, active_ops=(tuple(keep), tuple(keep)))
+      sv = carry_over(v, jax.eval_shape(small.init, jax.random.key(1), x))
+      fn = jax.jit(train.loss_and_grads_fn(small))
       t0 = time.perf_counter()
-      jax.block_until_ready(fn(v["params"], v["batch_stats"], arch, masks))
-      times.append(time.perf_counter() - t0)
-    results.append((k, float(np.median(times))))
-  base = results[0][1]
+      compiled = fn.lower(*inputs(small, sv, same_masks)).compile()
+      row["compile"] = time.perf_counter() - t0
+      row["rebuilt"] = step_time(compiled, inputs(small, sv, same_masks), args.repeats)
+    rows.append(row)
+
+  base = rows[0]["random"]
   print(f"{args.op_set} supernet, {args.cells} cells, C={args.channels}, {args.side}x{args.side}, "
-        f"batch {args.batch}, {jax.devices()[0].platform}; compilations of the step: {fn._cache_size()}")
-  print("| live experts per edge | step time / full supernet |")
-  print("|---|---|")
-  for k, t in results:
-    print(f"| {k} of {n} | {t / base:.2f} |")
+        f"batch {args.batch}, {jax.devices()[0].platform}; full step {base * 1e3:.1f} ms; "
+        f"compilations of the masked program: {masked_fn._cache_size()}")
+  print("| live experts per edge | masked, random / full | masked, same k / full "
+        "| rebuilt / full | rebuild compile s | break-even search steps |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    if "rebuilt" in r:
+      gain = 2 * (r["same"] - r["rebuilt"])
+      even = f"{r['compile'] / gain:.0f}" if gain > 0 else "never"
+      tail = f"{r['rebuilt'] / base:.2f} | {r['compile']:.1f} | {even}"
+    else:
+      tail = "- | - | -"
+    print(f"| {r['k']} of {len(order)} | {r['random'] / base:.2f} | {r['same'] / base:.2f} | {tail} |")
 
 
 if __name__ == "__main__":

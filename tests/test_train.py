@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 
 from xnas_jax import checkpointing, train
-from xnas_jax import config_defaults
+from search_configs import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  c = config_defaults.base_config()
-  c.channels, c.num_cells, c.batch_size, c.epochs, c.limit = 4, 3, 16, 2, 96
-  for k, v in overrides.items():
-    c[k] = v
-  return c
 
 
 @pytest.fixture(scope="module")

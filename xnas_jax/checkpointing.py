@@ -1,4 +1,9 @@
-"""Orbax checkpoints of the search state (a plain pytree)."""
+"""Orbax checkpoints of the search state (a plain pytree) and its metadata.
+
+Each checkpoint holds two items: ``state`` (the arrays) and ``meta`` (JSON:
+what the state's *structure* depends on, e.g. the ops a rebuilt supernet
+still builds), so a restore can first rebuild the matching abstract state.
+"""
 from __future__ import annotations
 
 import os
@@ -15,9 +20,19 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: PyTree) -> None:
-  mngr.save(step, args=ocp.args.StandardSave(state))
+def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
+         meta: dict[str, Any] | None = None) -> None:
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave(meta or {})))
   mngr.wait_until_finished()
+
+
+def latest_meta(mngr: ocp.CheckpointManager) -> dict[str, Any] | None:
+  """The metadata of the latest checkpoint, or None without one."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: PyTree) -> PyTree | None:
@@ -25,4 +40,5 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: PyTree) -> PyTre
   step = mngr.latest_step()
   if step is None:
     return None
-  return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  return mngr.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]

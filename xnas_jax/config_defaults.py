@@ -16,6 +16,18 @@ def xnas_arch_optimizer() -> ml_collections.ConfigDict:
   })
 
 
+def hypergrad_options() -> ml_collections.ConfigDict:
+  """Options of the ``arch_gradient`` estimators (``xnas_jax.hypergrad``)."""
+  return ml_collections.ConfigDict({
+      # darts_second_order: xi (None: the weight learning rate of the step).
+      "inner_lr": ml_collections.FieldReference(None, field_type=float),
+      "exact": True, "epsilon": 0.01,
+      "coefficient": 0.1,  # amended: Bi et al.'s amending coefficient eta
+      # implicit: (H + damping I)^-1 by "cg" or "neumann".
+      "maxiter": 20, "damping": 1e-3, "solver": "cg", "neumann_lr": 0.01,
+  })
+
+
 def base_config() -> ml_collections.ConfigDict:
   """An XNAS search on digits with a small supernet."""
   config = ml_collections.ConfigDict()
@@ -29,9 +41,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_cells = 5
   config.batch_size = 32
   config.epochs = 5
+  # Drop an op from the compiled supernet once it is wiped on every edge of a
+  # cell type (at the next epoch boundary; costs one compilation).
+  config.rebuild_wiped = True
   config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False})
   config.weight_optimizer = ml_collections.ConfigDict({
       "learning_rate": 0.025, "min_learning_rate": 0.001, "momentum": 0.9,
       "weight_decay": 3e-4, "grad_clip": 5.0})
   config.arch_optimizer = xnas_arch_optimizer()
+  # first_order | darts_second_order | amended | implicit (xnas_jax.hypergrad).
+  config.arch_gradient = "first_order"
+  config.hypergrad = hypergrad_options()
   return config

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 TFDS_NAMES = ("cifar10", "cifar100", "svhn_cropped", "fashion_mnist")
-DATASETS = ("digits",) + TFDS_NAMES
+SYNTHETIC = {"synthetic_cifar10": ((32, 32, 3), 10, 2048)}  # shape, classes, size
+DATASETS = ("digits",) + TFDS_NAMES + tuple(SYNTHETIC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,14 @@ def load_digits() -> tuple[Split, int]:
   d = datasets.load_digits()
   images = (d.images.astype(np.float32) / 16.0)[..., None]
   return Split(images, d.target.astype(np.int32)), 10
+
+
+def load_synthetic(name: str, seed: int = 0) -> tuple[Split, int]:
+  """Uniform random images of a real data set's shape (for benchmarks only)."""
+  shape, num_classes, n = SYNTHETIC[name]
+  rng = np.random.default_rng(seed)
+  images = rng.random((n,) + shape, dtype=np.float32)
+  return Split(images, rng.integers(0, num_classes, n).astype(np.int32)), num_classes
 
 
 def _tfds_split(name: str, split: str, data_dir: str | None) -> Split:
@@ -111,8 +120,8 @@ def load_search_data(name: str, seed: int = 0, *, test_fraction: float = 0.2,
     limit: if positive, use only this many training images (smoke runs).
   """
   rng = np.random.default_rng(seed)
-  if name == "digits":
-    full, num_classes = load_digits()
+  if name == "digits" or name in SYNTHETIC:
+    full, num_classes = load_digits() if name == "digits" else load_synthetic(name, seed)
     perm = rng.permutation(len(full))
     n_test = int(round(test_fraction * len(full)))
     test, train_all = _take(full, perm[:n_test]), _take(full, perm[n_test:])

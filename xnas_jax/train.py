@@ -34,8 +34,10 @@ import optax
 from xnas_jax import arch as arch_lib
 from xnas_jax import compile_counter
 from xnas_jax import genotype as genotype_lib
+from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import optim
+from xnas_jax import rebuild as rebuild_lib
 from xnas_jax.search_space import CELL_TYPES, get_search_space
 from xnas_jax.supernet import Supernet
 
@@ -68,6 +70,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.arch_optimizer.name not in ARCH_OPTIMIZERS:
     raise ConfigError(f"unknown arch_optimizer.name {config.arch_optimizer.name!r}; "
                       f"expected one of {list(ARCH_OPTIMIZERS)}")
+  if config.arch_gradient not in hypergrad.METHODS:
+    raise ConfigError(f"unknown arch_gradient {config.arch_gradient!r}; "
+                      f"expected one of {list(hypergrad.METHODS)}")
+  hcfg = config.hypergrad
+  if hcfg.inner_lr is not None:
+    positive("hypergrad.inner_lr", hcfg.inner_lr)
+  positive("hypergrad.epsilon", hcfg.epsilon)
+  positive("hypergrad.coefficient", hcfg.coefficient)
+  positive("hypergrad.maxiter", hcfg.maxiter)
+  positive("hypergrad.neumann_lr", hcfg.neumann_lr)
+  if not hcfg.damping >= 0:
+    raise ConfigError(f"hypergrad.damping must be >= 0, got {hcfg.damping!r}")
+  if hcfg.solver not in ("cg", "neumann"):
+    raise ConfigError(f"unknown hypergrad.solver {hcfg.solver!r}; expected 'cg' or 'neumann'")
   positive("batch_size", config.batch_size)
   positive("epochs", config.epochs)
   positive("channels", config.channels)
@@ -103,13 +119,30 @@ class Search:
   horizons: dict[str, int]  # T per cell type (XNAS only; empty otherwise)
 
 
+def weight_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """DARTS's cosine schedule of the weight learning rate."""
+  return optax.cosine_decay_schedule(
+      cfg.learning_rate, max(total_steps, 1), alpha=cfg.min_learning_rate / cfg.learning_rate)
+
+
 def weight_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
   """DARTS's weight optimizer: clip, L2 decay, momentum SGD on a cosine schedule."""
-  schedule = optax.cosine_decay_schedule(
-      cfg.learning_rate, max(total_steps, 1), alpha=cfg.min_learning_rate / cfg.learning_rate)
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                      optax.add_decayed_weights(cfg.weight_decay),
-                     optax.sgd(schedule, momentum=cfg.momentum))
+                     optax.sgd(weight_schedule(cfg, total_steps), momentum=cfg.momentum))
+
+
+def hypergrad_options(config: ml_collections.ConfigDict, weight_lr: jax.Array) -> dict[str, Any]:
+  """The keyword options of ``config.arch_gradient``'s estimator."""
+  h = config.hypergrad
+  return {
+      "first_order": {},
+      "darts_second_order": {"inner_lr": weight_lr if h.inner_lr is None else h.inner_lr,
+                             "exact": h.exact, "epsilon": h.epsilon},
+      "amended": {"coefficient": h.coefficient},
+      "implicit": {"maxiter": h.maxiter, "damping": h.damping, "solver": h.solver,
+                   "neumann_lr": h.neumann_lr},
+  }[config.arch_gradient]
 
 
 def build_search(config: ml_collections.ConfigDict) -> Search:
@@ -171,6 +204,34 @@ def init_state(search: Search, key: jax.Array) -> PyTree:
   }
 
 
+def with_active_ops(search: Search, active_ops: rebuild_lib.ActiveOps) -> Search:
+  """The same search over a supernet that builds only ``active_ops``."""
+  return dataclasses.replace(
+      search, net=dataclasses.replace(search.net, active_ops=tuple(map(tuple, active_ops))))
+
+
+def built_ops(search: Search) -> rebuild_lib.ActiveOps:
+  return tuple(search.net.built_ops(t) for t in CELL_TYPES)
+
+
+def rebuild(search: Search, state: PyTree) -> tuple[Search, PyTree, dict[str, list[str]]]:
+  """Drops the ops wiped on every edge of a cell type from the supernet.
+
+  Returns the rebuilt search, the state with the dropped ops' parameters,
+  batch statistics and weight-optimizer slots removed (everything else as it
+  was), and the dropped ops per cell type (empty lists: nothing to rebuild).
+  """
+  active = rebuild_lib.surviving_ops(search.net, live_masks(search, state))
+  dropped = rebuild_lib.dropped_ops(search.net, active)
+  if not any(dropped.values()):
+    return search, state, dropped
+  new = with_active_ops(search, active)
+  abstract = jax.eval_shape(lambda: init_state(new, jax.random.key(0)))
+  state = dict(state, **{k: rebuild_lib.carry_over(state[k], abstract[k])
+                         for k in ("params", "batch_stats", "opt_state")})
+  return new, state, dropped
+
+
 def live_masks(search: Search, state: PyTree) -> dict[str, jax.Array]:
   """Experts still active: the wipeout mask (XNAS) and the space's own sets."""
   masks = search.net.default_masks()
@@ -185,6 +246,31 @@ def live_masks(search: Search, state: PyTree) -> dict[str, jax.Array]:
 # --------------------------------------------------------------------------
 # Jitted pieces.
 
+def loss_and_grads_fn(net: Supernet) -> Callable:
+  """The search's gradient program (unjitted): ``(params, batch_stats, u_full,
+  masks, x, y, rng) -> (loss, correct, g_params, g_u, new_batch_stats)``.
+
+  ``loss`` is the summed cross-entropy; ``g_u`` its gradient w.r.t. the
+  per-replica, per-example copies ``u_full`` of the mixture weights.
+  """
+  def loss_and_grads(params, batch_stats, u_full, masks, x, y, rng):
+    def loss_fn(params, u_full):
+      logits, new_stats = net.apply({"params": params, "batch_stats": batch_stats}, x, u_full,
+                                    masks, train=True, rng=rng)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return jnp.sum(losses), (new_stats, jnp.sum(jnp.argmax(logits, -1) == y))
+    (loss, (new_stats, correct)), (g_params, g_u) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(params, u_full)
+    return loss, correct, g_params, g_u, new_stats
+  return loss_and_grads
+
+
+def per_copy_weights(net: Supernet, u: dict[str, jax.Array], batch: int) -> dict[str, jax.Array]:
+  """``u[t]`` ``[E, N]`` broadcast to one copy per replica and example ``[R, B, E, N]``."""
+  return {t: jnp.broadcast_to(u[t], (max(net.replicas[t], 1), batch) + u[t].shape)
+          for t in CELL_TYPES}
+
+
 def make_functions(search: Search) -> dict[str, Callable]:
   """The jitted functions of a search (built once per network structure)."""
   net, cfg = search.net, search.config
@@ -198,23 +284,10 @@ def make_functions(search: Search) -> dict[str, Callable]:
       x = input_pipeline.augment(key, x, pad=cfg.augment.pad, flip=cfg.augment.flip)
     return input_pipeline.standardize(x, mean, std), y
 
-  def loss_and_grads(params, batch_stats, u_full, masks, x, y, rng):
-    """Summed cross-entropy; gradients w.r.t. weights and per-copy ``u``."""
-    def loss_fn(params, u_full):
-      logits, new_stats = net.apply({"params": params, "batch_stats": batch_stats}, x, u_full,
-                                    masks, train=True, rng=rng)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      return jnp.sum(losses), (new_stats, jnp.sum(jnp.argmax(logits, -1) == y))
-    (loss, (new_stats, correct)), (g_params, g_u) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(params, u_full)
-    return loss, correct, g_params, g_u, new_stats
-
-  grads_fn = jax.jit(loss_and_grads)
+  grads_fn = jax.jit(loss_and_grads_fn(net))
 
   def full_weights(arch, masks, batch):
-    u = arch_lib.mixture_weights(arch, masks)
-    e, n = net.space.num_edges, net.space.num_ops
-    return {t: jnp.broadcast_to(u[t], (max(net.replicas[t], 1), batch, e, n)) for t in CELL_TYPES}
+    return per_copy_weights(net, arch_lib.mixture_weights(arch, masks), batch)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def weight_update(params, opt_state, g_params, batch):
@@ -222,20 +295,54 @@ def make_functions(search: Search) -> dict[str, Callable]:
     updates, opt_state = search.weight_tx.update(g, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
+  schedule = weight_schedule(cfg.weight_optimizer, search.steps_per_epoch * cfg.epochs)
+
+  def correction(params, batch_stats, arch, masks, train_batch, val_batch, val_weight_grad, rng,
+                 step):
+    """What ``config.arch_gradient`` adds to the first-order gradient of the
+    mean validation loss, w.r.t. ``u`` (XNAS) or the logits.
+
+    ``val_weight_grad`` is the summed-loss weight gradient the gradient program
+    already computed on ``val_batch``; the amended and implicit terms reuse it.
+    """
+    mixture = search.gradient_wrt == optim.GRADIENT_WRT_MIXTURE
+    a0 = arch_lib.mixture_weights(arch, masks) if mixture else arch
+
+    def loss(p, a, batch):
+      u = a if mixture else arch_lib.mixture_weights(a, masks)
+      logits, _ = net.apply({"params": p, "batch_stats": batch_stats}, batch[0], u, masks,
+                            train=True, rng=rng)
+      return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
+
+    opts = hypergrad_options(cfg, schedule(step))
+    v = jax.tree.map(lambda g: g / val_batch[1].shape[0], val_weight_grad)
+    if cfg.arch_gradient == "amended":
+      return hypergrad.amended_term(loss, params, a0, train_batch, v, **opts)
+    if cfg.arch_gradient == "implicit":
+      return hypergrad.implicit_term(loss, params, a0, train_batch, v, **opts)
+    h = hypergrad.darts_second_order(loss, loss, params, a0, train_batch, val_batch, **opts)
+    return jax.tree.map(jnp.subtract, h, hypergrad.first_order(loss, params, a0, val_batch))
+
   @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def arch_update(arch, arch_opt_state, g_u, masks):
+  def arch_update(arch, arch_opt_state, g_u, masks, corr=None):
+    """``corr`` (mean-loss scale, shared ``u``) is split evenly over the
+    ``R x B`` copies: the copies' rewards then sum to the batch's hypergradient."""
     b = next(iter(g_u.values())).shape[1]
+    if corr is None:
+      corr = {t: jnp.zeros(g_u[t].shape[2:], g_u[t].dtype) for t in CELL_TYPES}
     if search.gradient_wrt == optim.GRADIENT_WRT_MIXTURE:
       if acfg.per_example_rewards:
         # One reward per example and cell replica, each L-bounded (Theorem 1).
-        g = {t: jnp.sum(jnp.clip(g_u[t], -acfg.grad_bound, acfg.grad_bound), axis=(0, 1))
+        g = {t: jnp.sum(jnp.clip(g_u[t] + corr[t] / g_u[t].shape[0], -acfg.grad_bound,
+                                 acfg.grad_bound), axis=(0, 1))
              for t in CELL_TYPES}
       else:
-        g = {t: jnp.sum(g_u[t], axis=(0, 1)) / b for t in CELL_TYPES}
+        g = {t: jnp.sum(g_u[t], axis=(0, 1)) / b + corr[t] for t in CELL_TYPES}
     else:
       g_shared = {t: jnp.sum(g_u[t], axis=(0, 1)) / b for t in CELL_TYPES}
       _, vjp = jax.vjp(lambda a: arch_lib.mixture_weights(a, masks), arch)
       (g,) = vjp(g_shared)
+      g = jax.tree.map(jnp.add, g, corr)
     updates, arch_opt_state = search.arch_tx.update(g, arch_opt_state, arch)
     return optax.apply_updates(arch, updates), arch_opt_state
 
@@ -247,7 +354,8 @@ def make_functions(search: Search) -> dict[str, Callable]:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return jnp.sum(losses), jnp.sum(jnp.argmax(logits, -1) == y)
 
-  return {
+  fns = {} if cfg.arch_gradient == "first_order" else {"correction": jax.jit(correction)}
+  return fns | {
       "prepare": jax.jit(prepare, static_argnums=4),
       "grads": grads_fn,
       "full_weights": jax.jit(full_weights, static_argnums=2),
@@ -272,8 +380,14 @@ def search_step(search: Search, fns: dict[str, Callable], state: PyTree, train_d
       state["params"], state["batch_stats"], u_full, masks, x, y, k_noise1)
   params, opt_state = fns["weight_update"](state["params"], state["opt_state"], g_params, b)
   xv, yv = fns["prepare"](*val_data, val_idx, k_val, True)
-  vloss, vcorrect, _, g_u, _ = fns["grads"](params, new_stats, u_full, masks, xv, yv, k_noise2)
-  arch, arch_opt_state = fns["arch_update"](state["arch"], state["arch_opt_state"], g_u, masks)
+  vloss, vcorrect, gv_params, g_u, _ = fns["grads"](params, new_stats, u_full, masks, xv, yv,
+                                                    k_noise2)
+  corr = None
+  if "correction" in fns:  # second-order, amended or implicit hypergradient
+    corr = fns["correction"](params, new_stats, state["arch"], masks, (x, y), (xv, yv), gv_params,
+                             k_noise2, state["step"])
+  arch, arch_opt_state = fns["arch_update"](state["arch"], state["arch_opt_state"], g_u, masks,
+                                            corr)
   new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_stats,
                    opt_state=opt_state, arch=arch, arch_opt_state=arch_opt_state)
   return new_state, jnp.stack([loss, correct, vloss, vcorrect]).astype(jnp.float32)
@@ -297,6 +411,7 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
   for t in CELL_TYPES:
     out[f"entropy_{t}"] = float(arch_lib.normalized_entropy(u[t]))
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
+    out[f"built_ops_{t}"] = len(search.net.built_ops(t))
   out.update(wipeout_gaps(search, state))
   return out
 
@@ -349,8 +464,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   search = build_search(config)
   os.makedirs(workdir, exist_ok=True)
   key = jax.random.key(config.seed)
-  abstract = jax.eval_shape(lambda: init_state(search, key))
   manager = checkpointing.manager(os.path.join(workdir, "checkpoints"))
+  meta = checkpointing.latest_meta(manager) or {}
+  if meta.get("active_ops") is not None:  # the checkpoint is of a rebuilt supernet
+    search = with_active_ops(search, meta["active_ops"])
+  abstract = jax.eval_shape(lambda: init_state(search, key))
   state = checkpointing.restore_latest(manager, abstract)
   if state is None:
     state = init_state(search, key)
@@ -387,10 +505,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       now = compile_counter.snapshot()
       summary["compilations"] = now[0] - compiled_before[0]  # during this epoch
       summary["compile_s"] = round(now[1] - compiled_before[1], 3)
+      summary["step_time_s"] = round((summary["epoch_time_s"] - summary["compile_s"]) / steps, 4)
       compiled_before = now
+      if config.rebuild_wiped and epoch + 1 < config.epochs:
+        search, state, dropped = rebuild(search, state)
+        if any(dropped.values()):
+          fns = make_functions(search)  # compiles at the next step
+          summary["rebuilt_without"] = dropped
       with open(metrics_path, "a") as f:
         f.write(json.dumps(summary) + "\n")
-      checkpointing.save(manager, int(state["epoch"]), state)
+      checkpointing.save(manager, int(state["epoch"]), state,
+                         {"active_ops": [list(o) for o in built_ops(search)]})
       if hasattr(bar, "set_postfix"):
         bar.set_postfix(train_acc=f"{summary['train_acc']:.3f}", val_acc=f"{summary['val_acc']:.3f}",
                         H=f"{summary['entropy_normal']:.3f}")

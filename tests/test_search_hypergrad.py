@@ -1,0 +1,45 @@
+"""The search with a second-order architecture gradient (amended, XNAS)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from search_configs import tiny_config
+from xnas_jax import arch as arch_lib
+from xnas_jax import hypergrad, train
+
+
+def test_amended_search_runs_and_its_correction_is_bi_et_al_eq_7(tmp_path):
+  config = tiny_config(arch_gradient="amended", epochs=1)
+  config.hypergrad.coefficient = 0.5
+  result = train.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert np.isfinite(result["summary"]["val_loss"])
+  assert len(result["genotype"].normal) == 8
+
+  # The search's correction (which reuses the gradient program's summed-loss
+  # weight gradient) equals amended(...) - first_order(...) on the same loss.
+  search = train.build_search(config)
+  fns = train.make_functions(search)
+  state = result["state"]
+  d, b = search.data, config.batch_size
+  x, y = jnp.asarray(d.train.images[:b]), jnp.asarray(d.train.labels[:b])
+  xv, yv = jnp.asarray(d.val.images[:b]), jnp.asarray(d.val.labels[:b])
+  masks = train.live_masks(search, state)
+  key = jax.random.key(3)
+  u = arch_lib.mixture_weights(state["arch"], masks)
+  _, _, gv, _, _ = fns["grads"](state["params"], state["batch_stats"],
+                                fns["full_weights"](state["arch"], masks, b), masks, xv, yv, key)
+  corr = fns["correction"](state["params"], state["batch_stats"], state["arch"], masks, (x, y),
+                           (xv, yv), gv, key, state["step"])
+
+  def loss(p, u, batch):
+    logits, _ = search.net.apply({"params": p, "batch_stats": state["batch_stats"]}, batch[0], u,
+                                 masks, train=True, rng=key)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
+
+  expect = jax.jit(lambda p, u: jax.tree.map(
+      jnp.subtract, hypergrad.amended(loss, loss, p, u, (x, y), (xv, yv), coefficient=0.5),
+      hypergrad.first_order(loss, p, u, (xv, yv))))(state["params"], u)
+  for t in ("normal", "reduce"):
+    assert float(jnp.abs(corr[t]).max()) > 0
+    np.testing.assert_allclose(corr[t], expect[t], rtol=1e-3, atol=1e-6)
