@@ -413,6 +413,7 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
     out[f"built_ops_{t}"] = len(search.net.built_ops(t))
   out.update(wipeout_gaps(search, state))
+  out["genotype"] = genotype_of(search, state).to_dict()  # what a stop here would give
   return out
 
 

@@ -1,0 +1,20 @@
+"""The toy notebooks are stored without outputs, run, and draw their figures."""
+import os
+
+import nbformat
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(ROOT, "notebooks")) if f.endswith(".ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_and_draws(name, tmp_path):
+  from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert all(not c.outputs and c.execution_count is None for c in code), "stored with outputs"
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+  assert images, f"{name} drew no figure"
