@@ -39,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.topology = "darts"
   config.channels = 8
   config.num_cells = 5
-  config.batch_size = 32
+  config.batch_size = 32  # global: split over the devices
+  config.num_devices = 0  # data parallel over this many devices; 0 = all
   config.epochs = 5
   # Drop an op from the compiled supernet once it is wiped on every edge of a
   # cell type (at the next epoch boundary; costs one compilation).

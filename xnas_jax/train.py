@@ -37,6 +37,7 @@ from xnas_jax import genotype as genotype_lib
 from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import optim
+from xnas_jax import parallel
 from xnas_jax import rebuild as rebuild_lib
 from xnas_jax.search_space import CELL_TYPES, get_search_space
 from xnas_jax.supernet import Supernet
@@ -85,6 +86,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if hcfg.solver not in ("cg", "neumann"):
     raise ConfigError(f"unknown hypergrad.solver {hcfg.solver!r}; expected 'cg' or 'neumann'")
   positive("batch_size", config.batch_size)
+  n_dev = config.get("num_devices", 0)
+  if not 0 <= n_dev <= jax.device_count():
+    raise ConfigError(f"num_devices {n_dev} is not in 0..{jax.device_count()} (0 = all devices)")
+  if config.batch_size % (n_dev or jax.device_count()):
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
+                      f"{n_dev or jax.device_count()} devices (set num_devices)")
   positive("epochs", config.epochs)
   positive("channels", config.channels)
   positive("num_cells", config.num_cells)
@@ -473,6 +480,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = checkpointing.restore_latest(manager, abstract)
   if state is None:
     state = init_state(search, key)
+  mesh = parallel.data_mesh(config.get("num_devices", 0))
+  state = parallel.replicate(state, mesh)
   start_epoch = int(state["epoch"])
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   _truncate_metrics(metrics_path, start_epoch)
@@ -481,8 +490,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   compiled_before = compile_counter.snapshot()
   fns = make_functions(search)
   d = search.data
-  train_data = (jnp.asarray(d.train.images), jnp.asarray(d.train.labels))
-  val_data = (jnp.asarray(d.val.images), jnp.asarray(d.val.labels))
+  train_data = parallel.replicate((d.train.images, d.train.labels), mesh)
+  val_data = parallel.replicate((d.val.images, d.val.labels), mesh)
   order_key = jax.random.key(config.seed + 1)
   b, steps = config.batch_size, search.steps_per_epoch
   epochs = range(start_epoch, config.epochs)
@@ -491,8 +500,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     for epoch in bar:
       t0 = time.time()
-      tr = input_pipeline.epoch_batches(order_key, len(d.train), b, 2 * epoch)[:steps]
-      va = input_pipeline.epoch_batches(order_key, len(d.val), b, 2 * epoch + 1)[:steps]
+      # One transfer per epoch: the index batches, each split over the devices.
+      tr = parallel.shard_batches(
+          input_pipeline.epoch_batches(order_key, len(d.train), b, 2 * epoch)[:steps], mesh)
+      va = parallel.shard_batches(
+          input_pipeline.epoch_batches(order_key, len(d.val), b, 2 * epoch + 1)[:steps], mesh)
       first = int(state["step"])
       step_metrics = []
       for i in range(steps):
@@ -511,6 +523,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if config.rebuild_wiped and epoch + 1 < config.epochs:
         search, state, dropped = rebuild(search, state)
         if any(dropped.values()):
+          state = parallel.replicate(state, mesh)
           fns = make_functions(search)  # compiles at the next step
           summary["rebuilt_without"] = dropped
       with open(metrics_path, "a") as f:

@@ -1,0 +1,34 @@
+"""Data parallel over 8 host devices equals one device."""
+import jax
+import numpy as np
+import pytest
+
+from search_configs import tiny_config
+from xnas_jax import parallel, train
+
+
+def test_mesh_and_batch_errors_name_the_bad_value():
+  assert parallel.data_mesh(0).size == jax.device_count()
+  with pytest.raises(ValueError, match="num_devices 99"):
+    parallel.data_mesh(99)
+  with pytest.raises(ValueError, match="batch_size 6 is not divisible by the 4 devices"):
+    parallel.shard_batches(np.zeros((2, 6), np.int32), parallel.data_mesh(4))
+  with pytest.raises(train.ConfigError, match="batch_size 12"):
+    train.validate_config(tiny_config(batch_size=12, num_devices=8))
+
+
+def test_eight_devices_give_the_same_search_as_one(tmp_path):
+  assert jax.device_count() == 8  # tests/conftest.py
+  runs = {}
+  for n in (1, 8):
+    config = tiny_config(num_devices=n, epochs=1)
+    runs[n] = train.train_and_evaluate(config, str(tmp_path / str(n)), progress=False)
+  leaf = jax.tree.leaves(runs[8]["state"]["params"])[0]
+  assert len(leaf.sharding.device_set) == 8
+  for t in ("normal", "reduce"):
+    np.testing.assert_allclose(runs[8]["state"]["arch"][t], runs[1]["state"]["arch"][t],
+                               rtol=1e-3, atol=5e-5)  # float summation order
+  for a, b in zip(jax.tree.leaves(runs[8]["state"]["params"]),
+                  jax.tree.leaves(runs[1]["state"]["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  assert runs[8]["genotype"] == runs[1]["genotype"]

@@ -1,0 +1,55 @@
+"""Data parallelism with ``jax.jit`` and shardings (no ``pmap``).
+
+A one-axis mesh ``("data",)`` over the devices: the search state and the
+data set (gathered by index inside the jitted step) are replicated, the index
+batches are split along the batch axis.  Each jitted function then computes
+the *global* batch's loss, gradients and batch-norm statistics; XLA inserts
+the cross-device reductions, so the weight gradients and the architecture
+rewards are sums over all devices and the state stays identical everywhere.
+A search on 8 devices equals one on a single device up to float summation
+order (tested).
+
+Multi-host: call ``jax.distributed.initialize()`` (with the coordinator
+address, process count and id, or from the cluster environment) on every
+host before building the search; ``jax.devices()`` then lists every host's
+devices, each host loads the same data and draws the same index batches from
+the same seed, and the mesh spans all of them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+def data_mesh(num_devices: int = 0) -> Mesh:
+  """A ``("data",)`` mesh over the first ``num_devices`` devices (0: all)."""
+  devices = jax.devices()
+  n = num_devices or len(devices)
+  if not 0 < n <= len(devices):
+    raise ValueError(f"num_devices {num_devices} is not in 1..{len(devices)} (the devices JAX sees)")
+  return Mesh(np.asarray(devices[:n]), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+  """Split along ``batch_axis`` over the mesh's devices."""
+  return NamedSharding(mesh, P(*([None] * batch_axis), AXIS))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batches(batches: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Index batches ``[steps, batch]`` on the devices, each batch split over them."""
+  if batches.shape[-1] % mesh.size:
+    raise ValueError(f"batch_size {batches.shape[-1]} is not divisible by the {mesh.size} devices")
+  return jax.device_put(batches, batch_sharded(mesh, batch_axis=batches.ndim - 1))
