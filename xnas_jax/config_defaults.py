@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data_dir = ""
   config.limit = 0
   config.seed = 0
+  config.num_seeds = 1  # K > 1: seeds seed..seed+K-1 as one vmapped search
   config.op_set = "xnas"
   config.topology = "darts"
   config.channels = 8

@@ -126,11 +126,13 @@ def wipeout(learning_rate: float, grad_bound: float, horizon: float, zeta: float
   def init_fn(params):
     if initial_mask is None:
       mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+    # jnp.array copies: the state must not alias ``initial_mask``, or donating
+    # the state to a jitted update would delete the transformation's own mask.
     elif isinstance(initial_mask, (jax.Array, np.ndarray)):  # one mask for every leaf
-      mask = jax.tree.map(lambda p: jnp.broadcast_to(jnp.asarray(initial_mask, bool), p.shape),
+      mask = jax.tree.map(lambda p: jnp.array(jnp.broadcast_to(initial_mask, p.shape), bool),
                           params)
     else:
-      mask = jax.tree.map(lambda p, m: jnp.broadcast_to(jnp.asarray(m, bool), p.shape),
+      mask = jax.tree.map(lambda p, m: jnp.array(jnp.broadcast_to(m, p.shape), bool),
                           params, initial_mask)
     return WipeoutState(count=jnp.zeros([], jnp.int32), mask=mask)
 

@@ -25,10 +25,12 @@ ActiveOps = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 def surviving_ops(net: Supernet, masks: Mapping[str, Any]) -> ActiveOps:
-  """Per cell type, the built ops still live on at least one edge."""
+  """Per cell type, the built ops still live on at least one edge (of any
+  seed, when the masks have leading seed axes)."""
   out = []
   for t in CELL_TYPES:
-    live_anywhere = np.asarray(masks[t]).any(axis=0)
+    m = np.asarray(masks[t])
+    live_anywhere = m.reshape(-1, m.shape[-1]).any(axis=0)
     out.append(tuple(op for op in net.built_ops(t) if live_anywhere[net.space.ops.index(op)]))
   return tuple(out)
 

@@ -86,6 +86,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if hcfg.solver not in ("cg", "neumann"):
     raise ConfigError(f"unknown hypergrad.solver {hcfg.solver!r}; expected 'cg' or 'neumann'")
   positive("batch_size", config.batch_size)
+  positive("num_seeds", config.get("num_seeds", 1))
   n_dev = config.get("num_devices", 0)
   if not 0 <= n_dev <= jax.device_count():
     raise ConfigError(f"num_devices {n_dev} is not in 0..{jax.device_count()} (0 = all devices)")
@@ -282,10 +283,7 @@ def make_functions(search: Search) -> dict[str, Callable]:
   """The jitted functions of a search (built once per network structure)."""
   net, cfg = search.net, search.config
   acfg = cfg.arch_optimizer
-  mean = jnp.asarray(search.data.mean)
-  std = jnp.asarray(search.data.std)
-
-  def prepare(images, labels, idx, key, augment):
+  def prepare(images, labels, mean, std, idx, key, augment):
     x, y = images[idx], labels[idx]
     if augment:
       x = input_pipeline.augment(key, x, pad=cfg.augment.pad, flip=cfg.augment.flip)
@@ -363,7 +361,7 @@ def make_functions(search: Search) -> dict[str, Callable]:
 
   fns = {} if cfg.arch_gradient == "first_order" else {"correction": jax.jit(correction)}
   return fns | {
-      "prepare": jax.jit(prepare, static_argnums=4),
+      "prepare": jax.jit(prepare, static_argnums=6),
       "grads": grads_fn,
       "full_weights": jax.jit(full_weights, static_argnums=2),
       "weight_update": weight_update,
@@ -461,93 +459,164 @@ def check_finite(step_metrics: np.ndarray, first_step: int) -> None:
 # --------------------------------------------------------------------------
 # The loop.
 
+def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """One config per seed of a ``num_seeds``-seed run: seeds ``seed .. seed + K - 1``."""
+  out = []
+  for k in range(config.get("num_seeds", 1)):
+    c = config.copy_and_resolve_references()
+    c.seed = config.seed + k
+    out.append(c)
+  return out
+
+
+def _stack(trees: list[PyTree]) -> PyTree:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree: PyTree, k: int) -> PyTree:
+  return jax.tree.map(lambda x: x[k], tree)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        progress: bool = True) -> dict[str, Any]:
   """Runs (or resumes) a search in ``workdir``; returns the final summary.
 
-  Writes ``workdir/metrics.jsonl`` (one line per epoch), orbax checkpoints
-  under ``workdir/checkpoints`` and ``workdir/genotype.json``.
+  Writes ``workdir/metrics.jsonl`` (one line per epoch and seed), orbax
+  checkpoints under ``workdir/checkpoints`` and ``workdir/genotype.json``.
+
+  With ``config.num_seeds = K > 1`` it runs K independent searches (seeds
+  ``seed .. seed + K - 1``: own data split and order, initialization and
+  wipeout masks) as one jitted, ``vmap``-ped step; the state gets a leading
+  seed axis, each seed writes ``genotype_seed<s>.json``, and seed ``s``'s
+  result equals a single search with ``seed = s``.  Returns ``state``,
+  ``genotypes`` and ``summaries`` (one per seed) and, for the first seed,
+  ``genotype`` and ``summary``.
   """
   from xnas_jax import checkpointing  # pylint: disable=import-outside-toplevel
-  search = build_search(config)
+  configs = seed_configs(config)
+  num_seeds = len(configs)
+  searches = [build_search(c) for c in configs]
+  search = searches[0]
   os.makedirs(workdir, exist_ok=True)
-  key = jax.random.key(config.seed)
+  keys = [jax.random.key(c.seed) for c in configs]
   manager = checkpointing.manager(os.path.join(workdir, "checkpoints"))
   meta = checkpointing.latest_meta(manager) or {}
   if meta.get("active_ops") is not None:  # the checkpoint is of a rebuilt supernet
-    search = with_active_ops(search, meta["active_ops"])
-  abstract = jax.eval_shape(lambda: init_state(search, key))
-  state = checkpointing.restore_latest(manager, abstract)
+    searches = [with_active_ops(s, meta["active_ops"]) for s in searches]
+    search = searches[0]
+
+  def fresh_state(search_list):
+    states = [init_state(s, k) for s, k in zip(search_list, keys)]
+    return states[0] if num_seeds == 1 else _stack(states)
+
+  state = checkpointing.restore_latest(manager, jax.eval_shape(lambda: fresh_state(searches)))
   if state is None:
-    state = init_state(search, key)
+    state = fresh_state(searches)
   mesh = parallel.data_mesh(config.get("num_devices", 0))
   state = parallel.replicate(state, mesh)
-  start_epoch = int(state["epoch"])
+  start_epoch = int(np.max(state["epoch"]))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   _truncate_metrics(metrics_path, start_epoch)
 
   compile_counter.install()
   compiled_before = compile_counter.snapshot()
+
+  def data_of(split_name):
+    parts = [(getattr(s.data, split_name).images, getattr(s.data, split_name).labels,
+              s.data.mean, s.data.std) for s in searches]
+    return parallel.replicate(parts[0] if num_seeds == 1 else _stack(parts), mesh)
+
+  def step_function(search, fns):
+    if num_seeds == 1:
+      return functools.partial(search_step, search, fns)
+    return jax.jit(jax.vmap(functools.partial(search_step, search, fns)))
+
   fns = make_functions(search)
-  d = search.data
-  train_data = parallel.replicate((d.train.images, d.train.labels), mesh)
-  val_data = parallel.replicate((d.val.images, d.val.labels), mesh)
-  order_key = jax.random.key(config.seed + 1)
+  step = step_function(search, fns)
+  train_data, val_data = data_of("train"), data_of("val")
+  order_keys = [jax.random.key(c.seed + 1) for c in configs]
   b, steps = config.batch_size, search.steps_per_epoch
+  n_train, n_val = len(search.data.train), len(search.data.val)
   epochs = range(start_epoch, config.epochs)
   bar = _progress(epochs, progress)
-  summary: dict[str, Any] = {}
+  summaries: list[dict[str, Any]] = [{} for _ in configs]
   try:
     for epoch in bar:
       t0 = time.time()
       # One transfer per epoch: the index batches, each split over the devices.
-      tr = parallel.shard_batches(
-          input_pipeline.epoch_batches(order_key, len(d.train), b, 2 * epoch)[:steps], mesh)
-      va = parallel.shard_batches(
-          input_pipeline.epoch_batches(order_key, len(d.val), b, 2 * epoch + 1)[:steps], mesh)
-      first = int(state["step"])
+      tr = np.stack([input_pipeline.epoch_batches(k, n_train, b, 2 * epoch)[:steps]
+                     for k in order_keys], axis=1)  # [steps, seeds, batch]
+      va = np.stack([input_pipeline.epoch_batches(k, n_val, b, 2 * epoch + 1)[:steps]
+                     for k in order_keys], axis=1)
+      if num_seeds == 1:
+        tr, va = tr[:, 0], va[:, 0]
+      tr, va = parallel.shard_batches(tr, mesh), parallel.shard_batches(va, mesh)
+      first = int(np.max(state["step"]))
       step_metrics = []
       for i in range(steps):
-        state, m = search_step(search, fns, state, train_data, val_data, tr[i], va[i])
+        state, m = step(state, train_data, val_data, tr[i], va[i])
         step_metrics.append(m)
-      step_metrics = np.asarray(jnp.stack(step_metrics))
-      check_finite(step_metrics, first)
+      step_metrics = np.asarray(jnp.stack(step_metrics)).reshape(steps, num_seeds, -1)
+      for k in range(num_seeds):
+        check_finite(step_metrics[:, k], first)
       state = dict(state, epoch=state["epoch"] + 1)
-      summary = epoch_metrics(search, state, step_metrics)
-      summary["epoch_time_s"] = round(time.time() - t0, 3)
       now = compile_counter.snapshot()
-      summary["compilations"] = now[0] - compiled_before[0]  # during this epoch
-      summary["compile_s"] = round(now[1] - compiled_before[1], 3)
-      summary["step_time_s"] = round((summary["epoch_time_s"] - summary["compile_s"]) / steps, 4)
+      timing = {"epoch_time_s": round(time.time() - t0, 3),
+                "compilations": now[0] - compiled_before[0],  # during this epoch
+                "compile_s": round(now[1] - compiled_before[1], 3)}
+      timing["step_time_s"] = round((timing["epoch_time_s"] - timing["compile_s"]) / steps, 4)
       compiled_before = now
+      for k, s in enumerate(searches):
+        one = state if num_seeds == 1 else _unstack(state, k)
+        summaries[k] = dict(epoch_metrics(s, one, step_metrics[:, k]), seed=configs[k].seed,
+                            **timing)
       if config.rebuild_wiped and epoch + 1 < config.epochs:
-        search, state, dropped = rebuild(search, state)
+        rebuilt, state, dropped = rebuild(search, state)
         if any(dropped.values()):
+          searches = [with_active_ops(s, built_ops(rebuilt)) for s in searches]
+          search = searches[0]
           state = parallel.replicate(state, mesh)
           fns = make_functions(search)  # compiles at the next step
-          summary["rebuilt_without"] = dropped
+          step = step_function(search, fns)
+          for summary in summaries:
+            summary["rebuilt_without"] = dropped
       with open(metrics_path, "a") as f:
-        f.write(json.dumps(summary) + "\n")
-      checkpointing.save(manager, int(state["epoch"]), state,
+        for summary in summaries:
+          f.write(json.dumps(summary) + "\n")
+      checkpointing.save(manager, int(np.max(state["epoch"])), state,
                          {"active_ops": [list(o) for o in built_ops(search)]})
       if hasattr(bar, "set_postfix"):
-        bar.set_postfix(train_acc=f"{summary['train_acc']:.3f}", val_acc=f"{summary['val_acc']:.3f}",
-                        H=f"{summary['entropy_normal']:.3f}")
+        s0 = summaries[0]
+        bar.set_postfix(train_acc=f"{s0['train_acc']:.3f}", val_acc=f"{s0['val_acc']:.3f}",
+                        H=f"{s0['entropy_normal']:.3f}")
   finally:
     manager.wait_until_finished()
     manager.close()
-  genotype = genotype_of(search, state)
-  with open(os.path.join(workdir, "genotype.json"), "w") as f:
-    f.write(genotype.to_json())
-  test_loss, test_correct = 0.0, 0
+  genotypes = []
+  for k, s in enumerate(searches):
+    one = state if num_seeds == 1 else _unstack(state, k)
+    genotype = genotype_of(s, one)
+    genotypes.append(genotype)
+    name = "genotype.json" if num_seeds == 1 else f"genotype_seed{configs[k].seed}.json"
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write(genotype.to_json())
+    summaries[k] = dict(summaries[k], supernet_test_acc=supernet_test_accuracy(s, fns, one),
+                        genotype=genotype.to_dict(), arch_learning_rates=s.arch_learning_rates)
+  return {"state": state, "genotype": genotypes[0], "summary": summaries[0],
+          "genotypes": genotypes, "summaries": summaries}
+
+
+def supernet_test_accuracy(search: Search, fns: dict[str, Callable], state: PyTree) -> float:
+  """Accuracy of the (masked) supernet on the held-out test split."""
+  d = search.data
+  correct = 0
   masks = live_masks(search, state)
   for x, y in input_pipeline.iterate(d.test, 256):
     x = input_pipeline.standardize(jnp.asarray(x), d.mean, d.std)
-    l, c = fns["evaluate"](state["params"], state["batch_stats"], state["arch"], masks, x, jnp.asarray(y))
-    test_loss, test_correct = test_loss + float(l), test_correct + int(c)
-  summary = dict(summary, supernet_test_acc=test_correct / max(len(d.test), 1),
-                 genotype=genotype.to_dict(), arch_learning_rates=search.arch_learning_rates)
-  return {"state": state, "genotype": genotype, "summary": summary}
+    _, c = fns["evaluate"](state["params"], state["batch_stats"], state["arch"], masks, x,
+                           jnp.asarray(y))
+    correct += int(c)
+  return correct / max(len(d.test), 1)
 
 
 def _truncate_metrics(path: str, keep_epochs: int) -> None:
