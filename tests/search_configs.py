@@ -6,6 +6,7 @@ def tiny_config(**overrides):
   c = config_defaults.base_config()
   c.channels, c.num_cells, c.batch_size, c.epochs, c.limit = 4, 3, 16, 2, 96
   c.num_devices = 1  # tests/test_parallel.py covers 8
+  c.rebuild_wiped = False  # tests/test_rebuild.py covers rebuilds
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -17,3 +18,23 @@ def wiping_config(rebuild_wiped=True):
   c = tiny_config(rebuild_wiped=rebuild_wiped)
   c.arch_optimizer.zeta = 1e-6
   return c
+
+
+def crash_then_resume(config, workdir, monkeypatch):
+  """Runs a search that crashes in its second epoch, then resumes it in ``workdir``."""
+  import pytest  # pylint: disable=import-outside-toplevel
+  from xnas_jax import train  # pylint: disable=import-outside-toplevel
+  original = train.epoch_metrics
+  calls = {"n": 0}
+
+  def crash_in_second_epoch(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 2:
+      raise KeyboardInterrupt("simulated crash")
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(train, "epoch_metrics", crash_in_second_epoch)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, workdir, progress=False)
+  monkeypatch.setattr(train, "epoch_metrics", original)
+  return train.train_and_evaluate(config, workdir, progress=False)

@@ -54,6 +54,14 @@ def mlp_problem(seed=0):
   return loss, weights, arch, (x_tr, target(x_tr)), (x_val, target(x_val))
 
 
+def problem_named(name):
+  """``(loss, weights, arch, train_batch, val_batch)`` of a test problem."""
+  if name == "ridge":
+    loss, _, a, tr, val = ridge_problem()
+    return loss, jnp.ones(4) * 0.3, a, tr, val
+  return mlp_problem()
+
+
 def dense_parts(train_loss, val_loss, w, a, tr, val):
   """Flattened g1, v = dL_val/dw, H and the mixed matrix M[i, j] = d2 L / dw_i da_j."""
   flat_w, unravel = ravel_pytree(w)
@@ -68,11 +76,7 @@ def dense_parts(train_loss, val_loss, w, a, tr, val):
 
 @pytest.mark.parametrize("problem", ["ridge", "mlp"])
 def test_all_methods_match_dense_formulas(problem):
-  if problem == "ridge":
-    loss, _, a, tr, val = ridge_problem()
-    w = jnp.ones(4) * 0.3
-  else:
-    loss, w, a, tr, val = mlp_problem()
+  loss, w, a, tr, val = problem_named(problem)
   g1, v, hess, mixed, _, _ = dense_parts(loss, loss, w, a, tr, val)
   np.testing.assert_allclose(hypergrad.first_order(loss, w, a, val), g1, rtol=1e-5, atol=1e-7)
 
@@ -89,11 +93,7 @@ def test_all_methods_match_dense_formulas(problem):
 
 @pytest.mark.parametrize("problem", ["ridge", "mlp"])
 def test_darts_second_order_is_the_gradient_through_one_unrolled_step(problem):
-  if problem == "ridge":
-    loss, _, a, tr, val = ridge_problem()
-    w = jnp.ones(4) * 0.3
-  else:
-    loss, w, a, tr, val = mlp_problem()
+  loss, w, a, tr, val = problem_named(problem)
   xi = 0.05
 
   def unrolled(a):  # differentiate through w' = w - xi grad_w L_train(w, a)

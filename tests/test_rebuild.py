@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from search_configs import wiping_config
+from search_configs import crash_then_resume, wiping_config
 from xnas_jax import rebuild, train
 from xnas_jax.search_space import get_search_space
 from xnas_jax.supernet import Supernet
@@ -65,20 +65,7 @@ def test_rebuild_drops_wiped_ops_and_matches_masking(rebuilt, tmp_path):
 def test_resume_after_rebuild_is_bit_identical(rebuilt, tmp_path, monkeypatch):
   _, full = rebuilt
   workdir = str(tmp_path)
-  original = train.epoch_metrics
-  calls = {"n": 0}
-
-  def crash_in_second_epoch(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == 2:
-      raise KeyboardInterrupt("simulated crash")
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(train, "epoch_metrics", crash_in_second_epoch)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(wiping_config(), workdir, progress=False)
-  monkeypatch.setattr(train, "epoch_metrics", original)
-  resumed = train.train_and_evaluate(wiping_config(), workdir, progress=False)
+  resumed = crash_then_resume(wiping_config(), workdir, monkeypatch)
   assert jax.tree.structure(resumed["state"]) == jax.tree.structure(full["state"])
   for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

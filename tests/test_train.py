@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xnas_jax import checkpointing, train
-from search_configs import tiny_config
+from search_configs import crash_then_resume, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,20 +55,7 @@ def _edge_ids(space, cell):
 def test_resume_is_bit_identical(finished, tmp_path, monkeypatch):
   _, full = finished
   workdir = str(tmp_path)
-  original = train.epoch_metrics
-  calls = {"n": 0}
-
-  def crash_in_second_epoch(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == 2:
-      raise KeyboardInterrupt("simulated crash")
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(train, "epoch_metrics", crash_in_second_epoch)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(tiny_config(), workdir, progress=False)
-  monkeypatch.setattr(train, "epoch_metrics", original)
-  resumed = train.train_and_evaluate(tiny_config(), workdir, progress=False)
+  resumed = crash_then_resume(tiny_config(), workdir, monkeypatch)
   for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert resumed["genotype"] == full["genotype"]

@@ -560,16 +560,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       for k in range(num_seeds):
         check_finite(step_metrics[:, k], first)
       state = dict(state, epoch=state["epoch"] + 1)
-      now = compile_counter.snapshot()
+      for k, s in enumerate(searches):
+        one = state if num_seeds == 1 else _unstack(state, k)
+        summaries[k] = dict(epoch_metrics(s, one, step_metrics[:, k]), seed=configs[k].seed)
+      now = compile_counter.snapshot()  # after the metrics, whose programs compile once
       timing = {"epoch_time_s": round(time.time() - t0, 3),
                 "compilations": now[0] - compiled_before[0],  # during this epoch
                 "compile_s": round(now[1] - compiled_before[1], 3)}
       timing["step_time_s"] = round((timing["epoch_time_s"] - timing["compile_s"]) / steps, 4)
       compiled_before = now
-      for k, s in enumerate(searches):
-        one = state if num_seeds == 1 else _unstack(state, k)
-        summaries[k] = dict(epoch_metrics(s, one, step_metrics[:, k]), seed=configs[k].seed,
-                            **timing)
+      summaries = [dict(summary, **timing) for summary in summaries]
       if config.rebuild_wiped and epoch + 1 < config.epochs:
         rebuilt, state, dropped = rebuild(search, state)
         if any(dropped.values()):
