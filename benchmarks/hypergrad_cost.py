@@ -9,6 +9,7 @@ outputs + temporaries, ``Compiled.memory_analysis()``), the larger of the two.
 
   python benchmarks/hypergrad_cost.py                       # digits supernet
   python benchmarks/hypergrad_cost.py --cifar --batch 8     # + CIFAR config, synthetic data
+  python benchmarks/hypergrad_cost.py --only_cifar --batch 2 --methods first_order amended
   python benchmarks/hypergrad_cost.py --json /tmp/hypergrad_cost.json
 """
 from __future__ import annotations
@@ -94,9 +95,11 @@ def main():
   ap.add_argument("--batch", type=int, default=0, help="override the batch size (CIFAR rows)")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--json", default="")
+  ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  ap.add_argument("--only_cifar", action="store_true", help="skip the digits rows")
   args = ap.parse_args()
-  setups = {"digits (xnas, C=8, 5 cells, b=32)": load_config("digits")}
-  if args.cifar:
+  setups = {} if args.only_cifar else {"digits (xnas, C=8, 5 cells, b=32)": load_config("digits")}
+  if args.cifar or args.only_cifar:
     c = load_config("cifar10_darts")
     c.dataset = "synthetic_cifar10"
     if args.batch:
@@ -109,7 +112,7 @@ def main():
   print("|---|---|---|---|---|---|---|")
   for name, config in setups.items():
     base = None
-    for method in METHODS:
+    for method in ["first_order"] + [m for m in args.methods if m != "first_order"]:  # the base
       t, mem, comp = measure(config, method, args.repeats)
       base = base or (t, mem)
       rows.append({"setup": name, "method": method, "step_s": t, "peak_bytes": mem,
