@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from xnas_jax import arch as arch_lib
-from xnas_jax.search_space import CELL_TYPES, get_search_space
+from xnas_jax import train
+from xnas_jax.search_space import get_search_space
 from xnas_jax.supernet import Supernet
 
 CONFIGS = {
@@ -40,26 +41,20 @@ def measure(op_set, channels, cells, side, c_in, batch):
   t_init = time.perf_counter() - t
   masks = net.default_masks()
   u = arch_lib.mixture_weights(arch_lib.init_arch_params(space), masks)
-  full = {t: jnp.broadcast_to(u[t], (max(net.replicas[t], 1), batch) + u[t].shape) for t in CELL_TYPES}
-
-  def loss_and_grads(params, stats, w, x, y):
-    def f(params, w):
-      logits, st = net.apply({"params": params, "batch_stats": stats}, x, w, masks, rng=jax.random.key(0))
-      return jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(batch), y]), st
-    return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, w)
-
-  fn = jax.jit(loss_and_grads)
+  full = train.per_copy_weights(net, u, batch)
+  key = jax.random.key(0)
+  fn = jax.jit(train.loss_and_grads_fn(net))  # the search's own program
   t = time.perf_counter()
-  lowered = fn.lower(v["params"], v["batch_stats"], full, x, y)
+  lowered = fn.lower(v["params"], v["batch_stats"], full, masks, x, y, key)
   t_lower = time.perf_counter() - t
   t = time.perf_counter()
   compiled = lowered.compile()
   t_compile = time.perf_counter() - t
-  out = compiled(v["params"], v["batch_stats"], full, x, y)
+  out = compiled(v["params"], v["batch_stats"], full, masks, x, y, key)
   jax.block_until_ready(out)
   t = time.perf_counter()
   for _ in range(3):
-    out = compiled(v["params"], v["batch_stats"], full, x, y)
+    out = compiled(v["params"], v["batch_stats"], full, masks, x, y, key)
   jax.block_until_ready(out)
   t_step = (time.perf_counter() - t) / 3
   return t_init, t_lower, t_compile, t_step
