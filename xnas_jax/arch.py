@@ -38,14 +38,16 @@ def mixture_weights(arch: ArchParams, masks: dict[str, jax.Array]) -> dict[str, 
   Uses the double ``where`` so that no ``-inf`` or ``nan`` reaches a gradient
   through a wiped entry.
   """
-  out = {}
-  for t in CELL_TYPES:
-    a, m = arch[t], masks[t]
-    safe = jnp.where(m, a, 0.0)
-    shifted = safe - jnp.max(jnp.where(m, safe, -jnp.inf), axis=-1, keepdims=True)
-    e = jnp.where(m, jnp.exp(jnp.where(m, shifted, 0.0)), 0.0)
-    out[t] = e / jnp.sum(e, axis=-1, keepdims=True)
-  return out
+  return {t: masked_softmax(arch[t], masks[t]) for t in CELL_TYPES}
+
+
+def masked_softmax(a: jax.Array, mask: jax.Array) -> jax.Array:
+  """Softmax over the last axis where ``mask``; exactly 0 elsewhere, and no
+  ``-inf`` or ``nan`` in the gradient (the double ``where``)."""
+  safe = jnp.where(mask, a, 0.0)
+  shifted = safe - jnp.max(jnp.where(mask, safe, -jnp.inf), axis=-1, keepdims=True)
+  e = jnp.where(mask, jnp.exp(jnp.where(mask, shifted, 0.0)), 0.0)
+  return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
 def normalized_entropy(u: jax.Array, eps: float = 1e-12) -> jax.Array:

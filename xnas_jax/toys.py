@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xnas_jax import arch as arch_lib
 from xnas_jax import optim
 
 METHODS = ("xnas", "gd_softmax")
@@ -33,7 +34,7 @@ Loss = Callable[[jax.Array, jax.Array], jax.Array]  # (p, step) -> scalar
 
 
 def optimizer(method: str, learning_rate: float, grad_bound: float, horizon: int,
-              num_experts: int, wipeout: bool = True) -> optax.GradientTransformation:
+              wipeout: bool = True) -> optax.GradientTransformation:
   """The transformation a toy forecaster uses: XNAS or GD with softmax."""
   if method == "xnas":
     if not wipeout:
@@ -49,8 +50,12 @@ def forecaster_weights(a: jax.Array, opt_state=None) -> jax.Array:
   found = optax.tree_utils.tree_get_all_with_path(opt_state, "mask") if opt_state is not None else []
   if not found:
     return jax.nn.softmax(a)
-  mask = found[0][1]
-  return jax.nn.softmax(jnp.where(mask, a, -jnp.inf))
+  return arch_lib.masked_softmax(a, found[0][1])
+
+
+def logit_gradient(u: jax.Array, g_u: jax.Array) -> jax.Array:
+  """``dl/da_i = u_i (dl/du_i - u . dl/du)``: eq. 37 with unit-axis experts."""
+  return u * (g_u - jnp.dot(g_u, u))
 
 
 def update_terms(loss: Loss, a: jax.Array, step: jax.Array,
@@ -59,8 +64,7 @@ def update_terms(loss: Loss, a: jax.Array, step: jax.Array,
   p = forecaster_weights(a, opt_state)
   g_p = jax.grad(loss)(p, step)
   g_u = g_p  # f_i is the i-th unit axis: grad_p l . f_i = d l / d p_i
-  g_a = p * (g_p - jnp.dot(g_p, p))  # u_i (f_i - p) . grad_p l
-  return p, g_u, g_a
+  return p, g_u, logit_gradient(p, g_u)
 
 
 def run_trajectory(loss: Loss, init_logits: jax.Array, num_steps: int, method: str, *,
@@ -72,7 +76,7 @@ def run_trajectory(loss: Loss, init_logits: jax.Array, num_steps: int, method: s
   update term each method applies, ``dl/du`` (XNAS) and ``dl/da`` (GD).
   """
   a0 = jnp.asarray(init_logits, jnp.float32)
-  tx = optimizer(method, learning_rate, grad_bound, num_steps, a0.shape[-1], wipeout)
+  tx = optimizer(method, learning_rate, grad_bound, num_steps, wipeout)
 
   def step(carry, t):
     a, opt_state = carry
@@ -150,7 +154,7 @@ def statistical_selection(key: jax.Array, *, num_experts: int, num_steps: int = 
   """
   lr = learning_rate if learning_rate is not None else optim.regret_optimal_learning_rate(
       num_experts, num_steps, grad_bound)
-  tx = optimizer(method, lr, grad_bound, num_steps, num_experts)
+  tx = optimizer(method, lr, grad_bound, num_steps)
 
   def one_run(key):
     k_bias, k_noise = jax.random.split(key)
@@ -162,7 +166,7 @@ def statistical_selection(key: jax.Array, *, num_experts: int, num_steps: int = 
       rewards = bias + reward_std * jax.random.normal(k, (num_experts,))
       u = forecaster_weights(a, opt_state)  # weights before the update
       g_u = -rewards  # a linear loss: l(p) = -R . p, so dl/du_i = -R_i
-      g = g_u if method == "xnas" else u * (g_u - jnp.dot(g_u, u))
+      g = g_u if method == "xnas" else logit_gradient(u, g_u)
       updates, opt_state = tx.update(g, opt_state, a)
       return (optax.apply_updates(a, updates), opt_state, gained + jnp.dot(u, rewards)), rewards
 

@@ -418,7 +418,7 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
     out[f"built_ops_{t}"] = len(search.net.built_ops(t))
   out.update(wipeout_gaps(search, state))
-  out["genotype"] = genotype_of(search, state).to_dict()  # what a stop here would give
+  out["genotype"] = _discretize(search, u, masks).to_dict()  # what a stop here would give
   return out
 
 
@@ -443,7 +443,11 @@ def wipeout_gaps(search: Search, state: PyTree) -> dict[str, float]:
 
 def genotype_of(search: Search, state: PyTree) -> genotype_lib.Genotype:
   masks = live_masks(search, state)
-  u = arch_lib.mixture_weights(state["arch"], masks)
+  return _discretize(search, arch_lib.mixture_weights(state["arch"], masks), masks)
+
+
+def _discretize(search: Search, u: dict[str, jax.Array],
+                masks: dict[str, jax.Array]) -> genotype_lib.Genotype:
   return genotype_lib.discretize({t: np.asarray(u[t]) for t in CELL_TYPES}, search.net.space,
                                  {t: np.asarray(masks[t]) for t in CELL_TYPES})
 
@@ -505,6 +509,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     searches = [with_active_ops(s, meta["active_ops"]) for s in searches]
     search = searches[0]
 
+  def seed_state(state, k):
+    return state if num_seeds == 1 else _unstack(state, k)
+
   def fresh_state(search_list):
     states = [init_state(s, k) for s, k in zip(search_list, keys)]
     return states[0] if num_seeds == 1 else _stack(states)
@@ -561,8 +568,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         check_finite(step_metrics[:, k], first)
       state = dict(state, epoch=state["epoch"] + 1)
       for k, s in enumerate(searches):
-        one = state if num_seeds == 1 else _unstack(state, k)
-        summaries[k] = dict(epoch_metrics(s, one, step_metrics[:, k]), seed=configs[k].seed)
+        summaries[k] = dict(epoch_metrics(s, seed_state(state, k), step_metrics[:, k]),
+                            seed=configs[k].seed)
       now = compile_counter.snapshot()  # after the metrics, whose programs compile once
       timing = {"epoch_time_s": round(time.time() - t0, 3),
                 "compilations": now[0] - compiled_before[0],  # during this epoch
@@ -594,7 +601,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     manager.close()
   genotypes = []
   for k, s in enumerate(searches):
-    one = state if num_seeds == 1 else _unstack(state, k)
+    one = seed_state(state, k)
     genotype = genotype_of(s, one)
     genotypes.append(genotype)
     name = "genotype.json" if num_seeds == 1 else f"genotype_seed{configs[k].seed}.json"
