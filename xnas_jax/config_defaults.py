@@ -55,3 +55,34 @@ def base_config() -> ml_collections.ConfigDict:
   config.arch_gradient = "first_order"
   config.hypergrad = hypergrad_options()
   return config
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """Retraining a genotype (``xnas-train``): DARTS's evaluation protocol on digits.
+
+  ``data_seed`` fixes the train/test split (the same for every retraining
+  seed, so test accuracies of different seeds and genotypes are comparable);
+  ``seed`` the initialization, data order, augmentation and drop-path.
+  """
+  config = ml_collections.ConfigDict()
+  config.dataset = "digits"
+  config.data_dir = ""
+  config.limit = 0
+  config.data_seed = 0
+  config.seed = 0
+  config.channels = 8
+  config.num_cells = 8
+  config.batch_size = 64  # global: split over the devices
+  config.num_devices = 0  # 0 = all
+  config.epochs = 20
+  config.learning_rate = 0.025
+  config.min_learning_rate = 0.0
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 3e-4
+  config.grad_clip = 5.0
+  config.aux_weight = 0.4  # 0 drops the auxiliary head
+  config.drop_path_prob = 0.2
+  config.label_smoothing = 0.1
+  config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False, "cutout": 2})
+  return config

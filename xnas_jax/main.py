@@ -12,6 +12,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from xnas_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search configuration file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, genotype.")
@@ -19,17 +21,7 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 
 def _fail(message: str, status: int = 2) -> None:
-  print(f"xnas-search: error: {message}", file=sys.stderr)
-  sys.exit(status)
-
-
-def enable_compilation_cache() -> None:
-  """JAX's persistent compilation cache, so re-runs skip XLA compilation."""
-  import jax  # pylint: disable=import-outside-toplevel
-  cache = os.environ.get("XNAS_JAX_CACHE",
-                         os.path.join(os.path.expanduser("~"), ".cache", "xnas_jax", "xla"))
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  cli.fail("xnas-search", message, status)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -43,7 +35,7 @@ def run(argv: list[str] | None = None) -> None:
   if not _WORKDIR.value:
     _fail("--workdir is required")
   from xnas_jax import input_pipeline, train  # pylint: disable=import-outside-toplevel
-  enable_compilation_cache()
+  cli.enable_compilation_cache()
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
   except (train.ConfigError, ValueError) as e:

@@ -1,0 +1,245 @@
+"""Retraining a genotype from scratch in the evaluation network.
+
+The DARTS evaluation protocol, which XNAS (sec. 4, 9), Bi et al. and Wang et
+al. follow: the whole search training set (both halves) trains the stacked
+network of ``evalnet.EvalNetwork``; the loss is the label-smoothed
+cross-entropy plus ``aux_weight`` times that of the auxiliary head; SGD with
+Nesterov momentum on a cosine schedule, weight decay and gradient clipping;
+pad-and-crop, flip and cutout augmentation; drop-path probability rising
+linearly over the epochs (``drop_path_prob * epoch / epochs``).  Reports the
+test accuracy and the parameter count.
+
+The state is a plain pytree checkpointed with orbax at every epoch boundary
+(with the genotype as metadata); a re-run in the same workdir resumes
+bit-identically, and refuses a checkpoint of another genotype.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from xnas_jax import checkpointing
+from xnas_jax import evalnet
+from xnas_jax import input_pipeline
+from xnas_jax import parallel
+from xnas_jax.genotype import Genotype
+from xnas_jax.search_space import ALL_OPS
+
+PyTree = Any
+
+
+class ConfigError(ValueError):
+  """A bad configuration value (reported in one line)."""
+
+
+class TrainingDiverged(RuntimeError):
+  """A non-finite loss; the last good checkpoint is kept."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ConfigError`` naming the first bad value."""
+  if config.dataset not in input_pipeline.DATASETS:
+    raise ConfigError(f"unknown dataset {config.dataset!r}; "
+                      f"expected one of {list(input_pipeline.DATASETS)}")
+  for name in ("batch_size", "epochs", "channels", "num_cells", "learning_rate"):
+    if not config[name] > 0:
+      raise ConfigError(f"{name} must be positive, got {config[name]!r}")
+  for name in ("drop_path_prob", "label_smoothing"):
+    if not 0 <= config[name] < 1:
+      raise ConfigError(f"{name} must be in [0, 1), got {config[name]!r}")
+  if not config.aux_weight >= 0:
+    raise ConfigError(f"aux_weight must be >= 0, got {config.aux_weight!r}")
+  n_dev = config.num_devices
+  if not 0 <= n_dev <= jax.device_count():
+    raise ConfigError(f"num_devices {n_dev} is not in 0..{jax.device_count()} (0 = all devices)")
+  if config.batch_size % (n_dev or jax.device_count()):
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
+                      f"{n_dev or jax.device_count()} devices (set num_devices)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Retraining:
+  """Everything static about a retraining run."""
+  config: ml_collections.ConfigDict
+  genotype: Genotype
+  net: evalnet.EvalNetwork
+  train: input_pipeline.Split  # both halves of the search split
+  test: input_pipeline.Split
+  mean: np.ndarray
+  std: np.ndarray
+  tx: optax.GradientTransformation
+  steps_per_epoch: int
+
+
+def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
+  """Validates config and genotype, loads the data, builds network and optimizer."""
+  validate_config(config)
+  evalnet.validate_genotype(genotype, ALL_OPS)
+  data = input_pipeline.load_search_data(config.dataset, config.data_seed,
+                                         data_dir=config.data_dir or None, limit=config.limit)
+  train = input_pipeline.Split(np.concatenate([data.train.images, data.val.images]),
+                               np.concatenate([data.train.labels, data.val.labels]))
+  if config.batch_size > len(train):
+    raise ConfigError(f"batch_size {config.batch_size} is larger than the data "
+                      f"({len(train)} training examples)")
+  net = evalnet.EvalNetwork(genotype, data.num_classes, config.channels, config.num_cells,
+                            auxiliary=config.aux_weight > 0)
+  steps = len(train) // config.batch_size
+  schedule = optax.cosine_decay_schedule(config.learning_rate, steps * config.epochs,
+                                         alpha=config.min_learning_rate / config.learning_rate)
+  tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                   optax.add_decayed_weights(config.weight_decay),
+                   optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+  return Retraining(config, genotype, net, train, data.test, data.mean, data.std, tx, steps)
+
+
+def init_state(run: Retraining, key: jax.Array) -> PyTree:
+  k_net, k_data = jax.random.split(key)
+  x = jnp.zeros((2,) + run.train.images.shape[1:], jnp.float32)
+  variables = jax.jit(lambda k: run.net.init({"params": k, "dropout": k, "noise": k}, x, True))(
+      k_net)
+  return {
+      "step": jnp.zeros([], jnp.int32),
+      "epoch": jnp.zeros([], jnp.int32),
+      "params": variables["params"],
+      "batch_stats": variables["batch_stats"],
+      "opt_state": run.tx.init(variables["params"]),
+      "data_key": jax.random.key_data(k_data),
+  }
+
+
+def loss_fn(run: Retraining, params, batch_stats, x, y, drop_prob, key):
+  """Label-smoothed cross-entropy + ``aux_weight`` x that of the auxiliary head."""
+  cfg = run.config
+  k_drop, k_noise = jax.random.split(key)
+  (logits, aux), upd = run.net.apply(
+      {"params": params, "batch_stats": batch_stats}, x, True, drop_prob,
+      mutable=["batch_stats"], rngs={"dropout": k_drop, "noise": k_noise})
+  targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), cfg.label_smoothing)
+  loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+  if aux is not None:
+    loss = loss + cfg.aux_weight * jnp.mean(optax.softmax_cross_entropy(aux, targets))
+  correct = jnp.sum(jnp.argmax(logits, -1) == y)
+  return loss, (upd["batch_stats"], correct)
+
+
+def make_functions(run: Retraining) -> dict[str, Callable]:
+  cfg = run.config
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, images, labels, idx):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["data_key"]), state["step"])
+    k_aug, k_loss = jax.random.split(key)
+    x = input_pipeline.augment(k_aug, images[idx], pad=cfg.augment.pad, flip=cfg.augment.flip,
+                               cutout=cfg.augment.cutout)
+    x = input_pipeline.standardize(x, run.mean, run.std)
+    drop_prob = cfg.drop_path_prob * state["epoch"].astype(jnp.float32) / cfg.epochs
+    (loss, (stats, correct)), grads = jax.value_and_grad(
+        functools.partial(loss_fn, run), has_aux=True)(state["params"], state["batch_stats"], x, labels[idx], drop_prob, k_loss)
+    updates, opt_state = run.tx.update(grads, state["opt_state"], state["params"])
+    new = dict(state, step=state["step"] + 1, params=optax.apply_updates(state["params"], updates),
+               batch_stats=stats, opt_state=opt_state)
+    return new, jnp.stack([loss, correct.astype(jnp.float32)])
+
+  @jax.jit
+  def evaluate(params, batch_stats, x, y):
+    logits, _ = run.net.apply({"params": params, "batch_stats": batch_stats},
+                              input_pipeline.standardize(x, run.mean, run.std), False,
+                              rngs={"noise": jax.random.key(0)})
+    return jnp.sum(jnp.argmax(logits, -1) == y)
+
+  return {"train_step": train_step, "evaluate": evaluate}
+
+
+def test_accuracy(run: Retraining, fns: dict[str, Callable], state: PyTree,
+                  batch_size: int = 256) -> float:
+  correct = 0
+  for x, y in input_pipeline.iterate(run.test, batch_size):
+    correct += int(fns["evaluate"](state["params"], state["batch_stats"], jnp.asarray(x),
+                                   jnp.asarray(y)))
+  return correct / max(len(run.test), 1)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, workdir: str, *,
+                       progress: bool = True) -> dict[str, Any]:
+  """Retrains ``genotype`` (or resumes in ``workdir``); returns the summary.
+
+  Writes ``workdir/metrics.jsonl`` (one line per epoch), orbax checkpoints
+  under ``workdir/checkpoints`` and ``workdir/summary.json``.
+  """
+  run = build(config, genotype)
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpointing.manager(os.path.join(workdir, "checkpoints"))
+  meta = checkpointing.latest_meta(manager)
+  if meta is not None and meta.get("genotype") != genotype.to_dict():
+    manager.close()
+    raise ConfigError(f"{workdir} holds a checkpoint of another genotype; use a new --workdir")
+  key = jax.random.key(config.seed)
+  state = checkpointing.restore_latest(manager, jax.eval_shape(lambda: init_state(run, key)))
+  if state is None:
+    state = init_state(run, key)
+  mesh = parallel.data_mesh(config.num_devices)
+  state = parallel.replicate(state, mesh)
+  images, labels = parallel.replicate((run.train.images, run.train.labels), mesh)
+  fns = make_functions(run)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  start = int(state["epoch"])
+  _truncate(metrics_path, start)
+  order_key = jax.random.key(config.seed + 1)
+  steps, b = run.steps_per_epoch, config.batch_size
+  params_m = evalnet.parameter_count(state["params"]) / 1e6
+  summary: dict[str, Any] = {}
+  epochs = range(start, config.epochs)
+  if progress:
+    try:
+      from tqdm import auto as tqdm  # pylint: disable=import-outside-toplevel
+      epochs = tqdm.tqdm(epochs, desc="retrain", unit="epoch")
+    except ImportError:
+      pass
+  try:
+    for epoch in epochs:
+      t0 = time.time()
+      idx = parallel.shard_batches(
+          input_pipeline.epoch_batches(order_key, len(run.train), b, epoch)[:steps], mesh)
+      out = []
+      for i in range(steps):
+        state, m = fns["train_step"](state, images, labels, idx[i])
+        out.append(m)
+      out = np.asarray(jnp.stack(out))
+      if not np.isfinite(out).all():
+        raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}; the last good "
+                               f"checkpoint is in {os.path.join(workdir, 'checkpoints')}")
+      state = dict(state, epoch=state["epoch"] + 1)
+      summary = {"epoch": epoch + 1, "train_loss": float(out[:, 0].mean()),
+                 "train_acc": float(out[:, 1].sum() / (steps * b)),
+                 "epoch_time_s": round(time.time() - t0, 3)}
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(summary) + "\n")
+      checkpointing.save(manager, epoch + 1, state, {"genotype": genotype.to_dict()})
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+  summary = dict(summary, test_acc=test_accuracy(run, fns, state), params_m=params_m,
+                 genotype=genotype.to_dict(), seed=config.seed)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return {"state": state, "summary": summary}
+
+
+def _truncate(path: str, keep_epochs: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)["epoch"] <= keep_epochs]
+  with open(path, "w") as f:
+    f.writelines(lines)

@@ -1,0 +1,64 @@
+"""Command line: ``xnas-train --genotype FILE --config configs/<name>.py --workdir DIR``.
+
+Retrains a genotype (the JSON that ``xnas-search`` writes) in the evaluation
+network and prints its test accuracy and parameter count.  Bad input (a
+missing or malformed genotype, an operation the network cannot build, a bad
+config value) exits with status 2 and one line naming it; a run that diverges
+exits with status 1 and keeps its last checkpoint.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from xnas_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining configuration file.",
+                                          lock_config=True)
+_GENOTYPE = flags.DEFINE_string("genotype", None, "Genotype JSON (as written by xnas-search).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+
+
+def _fail(message: str, status: int = 2) -> None:
+  cli.fail("xnas-train", message, status)
+
+
+def run(argv: list[str] | None = None) -> None:
+  argv = sys.argv if argv is None else argv
+  try:
+    flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  for name, value in (("--config", _CONFIG.value), ("--genotype", _GENOTYPE.value),
+                      ("--workdir", _WORKDIR.value)):
+    if not value:
+      _fail(f"{name} is required")
+  from xnas_jax import input_pipeline, retrain  # pylint: disable=import-outside-toplevel
+  from xnas_jax.genotype import Genotype  # pylint: disable=import-outside-toplevel
+  try:
+    with open(_GENOTYPE.value) as f:
+      genotype = Genotype.from_json(f.read())
+  except OSError as e:
+    _fail(f"cannot read genotype {_GENOTYPE.value!r}: {e.strerror}")
+  except ValueError as e:
+    _fail(f"{_GENOTYPE.value}: {str(e).splitlines()[0]}")
+  cli.enable_compilation_cache()
+  try:
+    result = retrain.train_and_evaluate(_CONFIG.value, genotype, _WORKDIR.value,
+                                        progress=_PROGRESS.value)
+  except (retrain.ConfigError, ValueError) as e:
+    _fail(str(e).splitlines()[0])
+  except input_pipeline.DataNotPreparedError as e:
+    _fail(str(e))
+  except retrain.TrainingDiverged as e:
+    _fail(str(e), status=1)
+  s = result["summary"]
+  print(f"test accuracy: {s['test_acc']:.4f}")
+  print(f"parameters: {s['params_m']:.3f} M (without the auxiliary head)")
+
+
+if __name__ == "__main__":
+  run()
