@@ -60,8 +60,8 @@ def measure(config, method: str, repeats: int) -> tuple[float, int, float]:
   xv = jnp.asarray(input_norm(d.val.images[:b], d))
   yv = jnp.asarray(d.val.labels[:b])
   masks = train.live_masks(search, state)
-  u_full = fns["full_weights"](state["arch"], masks, b)
   key = jax.random.key(1)
+  u_full = fns["full_weights"](state["arch"], masks, key, b)
   grads_args = (state["params"], state["batch_stats"], u_full, masks, xv, yv, key)
   t0 = time.perf_counter()
   programs = [fns["grads"].lower(*grads_args).compile()]

@@ -28,7 +28,7 @@ def test_amended_search_runs_and_its_correction_is_bi_et_al_eq_7(tmp_path):
   key = jax.random.key(3)
   u = arch_lib.mixture_weights(state["arch"], masks)
   _, _, gv, _, _ = fns["grads"](state["params"], state["batch_stats"],
-                                fns["full_weights"](state["arch"], masks, b), masks, xv, yv, key)
+                                fns["full_weights"](state["arch"], masks, key, b), masks, xv, yv, key)
   corr = fns["correction"](state["params"], state["batch_stats"], state["arch"], masks, (x, y),
                            (xv, yv), gv, key, state["step"])
 

@@ -11,8 +11,10 @@ def xnas_arch_optimizer() -> ml_collections.ConfigDict:
       "grad_bound": 1.0,
       "zeta": 1.0,
       "per_example_rewards": True,
-      # Used by the darts_adam / gd_softmax baselines only.
+      # Used by the darts_adam / gd_softmax / drnas baselines only.
       "learning_rate": 3e-4, "b1": 0.5, "b2": 0.999, "weight_decay": 1e-3,
+      # drnas: KL(Dir(beta) || Dir(prior)) weighted by reg_scale (DrNAS's code).
+      "reg_scale": 1e-3, "prior": 1.0,
   })
 
 

@@ -33,6 +33,7 @@ import optax
 
 from xnas_jax import arch as arch_lib
 from xnas_jax import compile_counter
+from xnas_jax import drnas
 from xnas_jax import genotype as genotype_lib
 from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
@@ -53,7 +54,10 @@ class SearchDiverged(RuntimeError):
   """A non-finite loss; the last good checkpoint is kept."""
 
 
-ARCH_OPTIMIZERS = ("xnas", "darts_adam", "gd_softmax")
+# "drnas": Dirichlet mixture weights (xnas_jax.drnas); "frozen": uniform
+# architecture weights that never move (the fixed-alpha supernet of Wang et
+# al., trained for perturbation-based selection).
+ARCH_OPTIMIZERS = ("xnas", "darts_adam", "gd_softmax", "drnas", "frozen")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -74,6 +78,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.arch_gradient not in hypergrad.METHODS:
     raise ConfigError(f"unknown arch_gradient {config.arch_gradient!r}; "
                       f"expected one of {list(hypergrad.METHODS)}")
+  if config.arch_optimizer.name in ("drnas", "frozen") and config.arch_gradient != "first_order":
+    raise ConfigError(f"arch_gradient {config.arch_gradient!r} is not available with "
+                      f"arch_optimizer {config.arch_optimizer.name!r} (first_order only)")
   hcfg = config.hypergrad
   if hcfg.inner_lr is not None:
     positive("hypergrad.inner_lr", hcfg.inner_lr)
@@ -105,8 +112,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       lr = config.arch_optimizer.get(f"learning_rate_{t}", None)
       if lr is not None and not lr > 0:
         raise ConfigError(f"arch_optimizer.learning_rate_{t} must be positive, got {lr!r}")
-  else:
+  elif config.arch_optimizer.name != "frozen":
     positive("arch_optimizer.learning_rate", config.arch_optimizer.learning_rate)
+  if config.arch_optimizer.name == "drnas":
+    positive("arch_optimizer.prior", config.arch_optimizer.prior)
+    if not config.arch_optimizer.reg_scale >= 0:
+      raise ConfigError(f"arch_optimizer.reg_scale must be >= 0, "
+                        f"got {config.arch_optimizer.reg_scale!r}")
 
 
 # --------------------------------------------------------------------------
@@ -125,6 +137,24 @@ class Search:
   arch_learning_rates: dict[str, float]
   rewards_per_step: dict[str, int]
   horizons: dict[str, int]  # T per cell type (XNAS only; empty otherwise)
+
+  def mixture(self, arch: PyTree, masks: dict[str, jax.Array],
+              key: jax.Array | None = None) -> dict[str, jax.Array]:
+    """The mixture weights ``u`` of architecture parameters ``arch``: softmax
+    over the live experts, or for DrNAS a Dirichlet sample (with ``key``) or
+    the Dirichlet mean (without)."""
+    if self.config.arch_optimizer.name == "drnas":
+      if key is None:
+        return drnas.mean_weights(arch, masks)
+      return drnas.sample_weights(key, arch, masks)
+    return arch_lib.mixture_weights(arch, masks)
+
+  def arch_regularizer(self, arch: PyTree) -> jax.Array:
+    """The term added to the architecture loss (DrNAS's KL to the prior; else 0)."""
+    acfg = self.config.arch_optimizer
+    if acfg.name == "drnas":
+      return acfg.reg_scale * drnas.kl_regularizer(arch, acfg.prior)
+    return jnp.zeros([])
 
 
 def weight_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -183,8 +213,11 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
                           initial_mask=net.default_masks()[t])
     arch_tx = optax.multi_transform(txs, {t: t for t in CELL_TYPES})
     wrt = optim.GRADIENT_WRT_MIXTURE
-  elif acfg.name == "darts_adam":
+  elif acfg.name in ("darts_adam", "drnas"):
     arch_tx = optim.darts_adam(acfg.learning_rate, acfg.b1, acfg.b2, acfg.weight_decay)
+    wrt = optim.GRADIENT_WRT_LOGITS
+  elif acfg.name == "frozen":
+    arch_tx = optax.set_to_zero()
     wrt = optim.GRADIENT_WRT_LOGITS
   else:
     arch_tx = optim.gd_softmax(acfg.learning_rate)
@@ -198,8 +231,8 @@ def init_state(search: Search, key: jax.Array) -> PyTree:
   k_net, k_arch, k_data = jax.random.split(key, 3)
   x = jnp.zeros((search.config.batch_size,) + search.data.image_shape, jnp.float32)
   variables = search.net.init(k_net, x)
-  arch = arch_lib.init_arch_params(
-      search.net.space, k_arch, 1e-3 if search.gradient_wrt == optim.GRADIENT_WRT_LOGITS else 0.0)
+  random_init = search.config.arch_optimizer.name in ("darts_adam", "gd_softmax", "drnas")
+  arch = arch_lib.init_arch_params(search.net.space, k_arch, 1e-3 if random_init else 0.0)
   return {
       "step": jnp.zeros([], jnp.int32),
       "epoch": jnp.zeros([], jnp.int32),
@@ -291,8 +324,8 @@ def make_functions(search: Search) -> dict[str, Callable]:
 
   grads_fn = jax.jit(loss_and_grads_fn(net))
 
-  def full_weights(arch, masks, batch):
-    return per_copy_weights(net, arch_lib.mixture_weights(arch, masks), batch)
+  def full_weights(arch, masks, key, batch):
+    return per_copy_weights(net, search.mixture(arch, masks, key), batch)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def weight_update(params, opt_state, g_params, batch):
@@ -329,9 +362,10 @@ def make_functions(search: Search) -> dict[str, Callable]:
     return jax.tree.map(jnp.subtract, h, hypergrad.first_order(loss, params, a0, val_batch))
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def arch_update(arch, arch_opt_state, g_u, masks, corr=None):
+  def arch_update(arch, arch_opt_state, g_u, masks, key, corr=None):
     """``corr`` (mean-loss scale, shared ``u``) is split evenly over the
-    ``R x B`` copies: the copies' rewards then sum to the batch's hypergradient."""
+    ``R x B`` copies: the copies' rewards then sum to the batch's hypergradient.
+    ``key`` is the one ``full_weights`` drew ``u`` with (DrNAS's sample)."""
     b = next(iter(g_u.values())).shape[1]
     if corr is None:
       corr = {t: jnp.zeros(g_u[t].shape[2:], g_u[t].dtype) for t in CELL_TYPES}
@@ -345,15 +379,20 @@ def make_functions(search: Search) -> dict[str, Callable]:
         g = {t: jnp.sum(g_u[t], axis=(0, 1)) / b + corr[t] for t in CELL_TYPES}
     else:
       g_shared = {t: jnp.sum(g_u[t], axis=(0, 1)) / b for t in CELL_TYPES}
-      _, vjp = jax.vjp(lambda a: arch_lib.mixture_weights(a, masks), arch)
+      _, vjp = jax.vjp(lambda a: search.mixture(a, masks, key), arch)
       (g,) = vjp(g_shared)
-      g = jax.tree.map(jnp.add, g, corr)
+      g_reg = jax.grad(search.arch_regularizer)(arch)
+      g = jax.tree.map(lambda a, b, c: a + b + c, g, corr, g_reg)
     updates, arch_opt_state = search.arch_tx.update(g, arch_opt_state, arch)
     return optax.apply_updates(arch, updates), arch_opt_state
 
   @jax.jit
   def evaluate(params, batch_stats, arch, masks, x, y):
-    u = arch_lib.mixture_weights(arch, masks)
+    return evaluate_weights(params, batch_stats, search.mixture(arch, masks), masks, x, y)
+
+  @jax.jit
+  def evaluate_weights(params, batch_stats, u, masks, x, y):
+    """Summed loss and correct count of the supernet with mixture weights ``u``."""
     logits, _ = net.apply({"params": params, "batch_stats": batch_stats}, x, u, masks,
                           train=False, rng=jax.random.key(0))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -363,10 +402,11 @@ def make_functions(search: Search) -> dict[str, Callable]:
   return fns | {
       "prepare": jax.jit(prepare, static_argnums=6),
       "grads": grads_fn,
-      "full_weights": jax.jit(full_weights, static_argnums=2),
+      "full_weights": jax.jit(full_weights, static_argnums=3),
       "weight_update": weight_update,
       "arch_update": arch_update,
       "evaluate": evaluate,
+      "evaluate_weights": evaluate_weights,
   }
 
 
@@ -379,7 +419,8 @@ def search_step(search: Search, fns: dict[str, Callable], state: PyTree, train_d
   k_tr, k_val, k_noise1, k_noise2 = jax.random.split(step_key, 4)
   b = search.config.batch_size
   masks = live_masks(search, state)
-  u_full = fns["full_weights"](state["arch"], masks, b)
+  k_arch = jax.random.fold_in(step_key, 4)  # DrNAS's sample of u (unused otherwise)
+  u_full = fns["full_weights"](state["arch"], masks, k_arch, b)
   x, y = fns["prepare"](*train_data, train_idx, k_tr, True)
   loss, correct, g_params, _, new_stats = fns["grads"](
       state["params"], state["batch_stats"], u_full, masks, x, y, k_noise1)
@@ -392,7 +433,7 @@ def search_step(search: Search, fns: dict[str, Callable], state: PyTree, train_d
     corr = fns["correction"](params, new_stats, state["arch"], masks, (x, y), (xv, yv), gv_params,
                              k_noise2, state["step"])
   arch, arch_opt_state = fns["arch_update"](state["arch"], state["arch_opt_state"], g_u, masks,
-                                            corr)
+                                            k_arch, corr)
   new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_stats,
                    opt_state=opt_state, arch=arch, arch_opt_state=arch_opt_state)
   return new_state, jnp.stack([loss, correct, vloss, vcorrect]).astype(jnp.float32)
@@ -404,7 +445,7 @@ def search_step(search: Search, fns: dict[str, Callable], state: PyTree, train_d
 def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> dict[str, Any]:
   b = search.config.batch_size
   masks = live_masks(search, state)
-  u = arch_lib.mixture_weights(state["arch"], masks)
+  u = search.mixture(state["arch"], masks)
   sums = step_metrics.sum(axis=0)
   n = len(step_metrics) * b
   out = {
@@ -443,7 +484,7 @@ def wipeout_gaps(search: Search, state: PyTree) -> dict[str, float]:
 
 def genotype_of(search: Search, state: PyTree) -> genotype_lib.Genotype:
   masks = live_masks(search, state)
-  return _discretize(search, arch_lib.mixture_weights(state["arch"], masks), masks)
+  return _discretize(search, search.mixture(state["arch"], masks), masks)
 
 
 def _discretize(search: Search, u: dict[str, jax.Array],
