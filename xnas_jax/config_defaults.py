@@ -56,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   # first_order | darts_second_order | amended | implicit (xnas_jax.hypergrad).
   config.arch_gradient = "first_order"
   config.hypergrad = hypergrad_options()
+  # magnitude | perturbation (DARTS-PT: operation then topology phase, with
+  # pt.tune_epochs of weight fine-tuning after every decision).
+  config.selection = "magnitude"
+  config.pt = ml_collections.ConfigDict({"tune_epochs": 5, "learning_rate": 0.01})
   return config
 
 

@@ -144,8 +144,9 @@ def make_functions(run: Retraining) -> dict[str, Callable]:
                                cutout=cfg.augment.cutout)
     x = input_pipeline.standardize(x, run.mean, run.std)
     drop_prob = cfg.drop_path_prob * state["epoch"].astype(jnp.float32) / cfg.epochs
-    (loss, (stats, correct)), grads = jax.value_and_grad(
-        functools.partial(loss_fn, run), has_aux=True)(state["params"], state["batch_stats"], x, labels[idx], drop_prob, k_loss)
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, run), has_aux=True)
+    (loss, (stats, correct)), grads = grad_fn(state["params"], state["batch_stats"], x,
+                                              labels[idx], drop_prob, k_loss)
     updates, opt_state = run.tx.update(grads, state["opt_state"], state["params"])
     new = dict(state, step=state["step"] + 1, params=optax.apply_updates(state["params"], updates),
                batch_stats=stats, opt_state=opt_state)

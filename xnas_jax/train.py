@@ -39,6 +39,7 @@ from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import optim
 from xnas_jax import parallel
+from xnas_jax import perturbation
 from xnas_jax import rebuild as rebuild_lib
 from xnas_jax.search_space import CELL_TYPES, get_search_space
 from xnas_jax.supernet import Supernet
@@ -58,6 +59,9 @@ class SearchDiverged(RuntimeError):
 # architecture weights that never move (the fixed-alpha supernet of Wang et
 # al., trained for perturbation-based selection).
 ARCH_OPTIMIZERS = ("xnas", "darts_adam", "gd_softmax", "drnas", "frozen")
+# How the genotype is read off the trained supernet: magnitude (top-2 edges,
+# strongest expert) or perturbation (DARTS-PT, xnas_jax.perturbation).
+SELECTIONS = ("magnitude", "perturbation")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -92,6 +96,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"hypergrad.damping must be >= 0, got {hcfg.damping!r}")
   if hcfg.solver not in ("cg", "neumann"):
     raise ConfigError(f"unknown hypergrad.solver {hcfg.solver!r}; expected 'cg' or 'neumann'")
+  if config.selection not in SELECTIONS:
+    raise ConfigError(f"unknown selection {config.selection!r}; expected one of {list(SELECTIONS)}")
+  if config.selection == "perturbation":
+    positive("pt.learning_rate", config.pt.learning_rate)
+    if not (isinstance(config.pt.tune_epochs, int) and config.pt.tune_epochs >= 0):
+      raise ConfigError(f"pt.tune_epochs must be a non-negative integer, "
+                        f"got {config.pt.tune_epochs!r}")
   positive("batch_size", config.batch_size)
   positive("num_seeds", config.get("num_seeds", 1))
   n_dev = config.get("num_devices", 0)
@@ -643,15 +654,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   genotypes = []
   for k, s in enumerate(searches):
     one = seed_state(state, k)
+    suffix = "" if num_seeds == 1 else f"_seed{configs[k].seed}"
     genotype = genotype_of(s, one)
+    extra = {}
+    if config.selection == "perturbation":
+      extra["magnitude_genotype"] = genotype.to_dict()
+      _write(workdir, f"genotype_magnitude{suffix}.json", genotype.to_json())
+      genotype, log, _ = perturbation.select(s, one, tune_epochs=config.pt.tune_epochs,
+                                             learning_rate=config.pt.learning_rate, fns=fns)
+      _write(workdir, f"selection_log{suffix}.json", json.dumps(log, indent=1))
     genotypes.append(genotype)
-    name = "genotype.json" if num_seeds == 1 else f"genotype_seed{configs[k].seed}.json"
-    with open(os.path.join(workdir, name), "w") as f:
-      f.write(genotype.to_json())
+    _write(workdir, f"genotype{suffix}.json", genotype.to_json())
     summaries[k] = dict(summaries[k], supernet_test_acc=supernet_test_accuracy(s, fns, one),
-                        genotype=genotype.to_dict(), arch_learning_rates=s.arch_learning_rates)
+                        genotype=genotype.to_dict(), arch_learning_rates=s.arch_learning_rates,
+                        selection=config.selection, **extra)
   return {"state": state, "genotype": genotypes[0], "summary": summaries[0],
           "genotypes": genotypes, "summaries": summaries}
+
+
+def _write(workdir: str, name: str, text: str) -> None:
+  with open(os.path.join(workdir, name), "w") as f:
+    f.write(text)
 
 
 def supernet_test_accuracy(search: Search, fns: dict[str, Callable], state: PyTree) -> float:

@@ -1,0 +1,134 @@
+"""Perturbation-based selection (DARTS-PT, Alg. 2): on a hand-built supernet
+whose operation and edge strengths are known, and on a real search."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from xnas_jax import perturbation, train
+from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, get_search_space
+from search_configs import tiny_config
+
+
+def _hand_built(op_set, seed=0, topology="darts"):
+  """A 'supernet' whose validation accuracy drops by a known amount for each
+  removed expert and each removed edge, with some experts already wiped."""
+  space = get_search_space(op_set, topology)
+  rng = np.random.default_rng(seed)
+  shape = (space.num_edges, space.num_ops)
+  # "none" is never a candidate (Wang et al. omit it); give it no strength.
+  op_strength = {t: rng.random(shape) * np.array([o != "none" for o in space.ops])
+                 for t in CELL_TYPES}
+  edge_strength = {t: rng.random(space.num_edges) for t in CELL_TYPES}
+  masks = {t: rng.random(shape) > 0.2 for t in CELL_TYPES}
+  for t in CELL_TYPES:  # at least one live expert other than "none" per edge
+    masks[t][:, space.num_ops - 1] = True
+  u = {t: np.where(masks[t], 1.0, 0.0) / masks[t].sum(1, keepdims=True) for t in CELL_TYPES}
+  calls = {"accuracy": 0, "tune": 0}
+
+  def accuracy(u_now, masks_now):
+    calls["accuracy"] += 1
+    acc = 1.0
+    for t in CELL_TYPES:
+      assert np.all(u_now[t][~masks_now[t]] == 0)  # removed experts carry no weight
+      # A removed edge costs its strength; an edge that lost its strongest
+      # expert costs the difference to the strongest one it still has.
+      gone_edge = ~masks_now[t].any(1)
+      acc -= np.sum(edge_strength[t] * gone_edge)
+      best_before = np.max(np.where(masks[t], op_strength[t], 0), 1)
+      best_now = np.max(np.where(masks_now[t], op_strength[t], 0), 1)
+      acc -= np.sum(np.where(gone_edge, 0.0, best_before - best_now))
+    return acc
+
+  def tune(u_now, masks_now):
+    calls["tune"] += 1
+    for t in CELL_TYPES:  # a decided edge is one-hot on its chosen expert
+      decided = masks_now[t].sum(1) == 1
+      np.testing.assert_array_equal(u_now[t][decided], masks_now[t][decided].astype(np.float32))
+
+  return space, u, masks, op_strength, edge_strength, accuracy, tune, calls
+
+
+@pytest.mark.parametrize("op_set", ["darts", "xnas", "s2"])
+def test_pt_picks_the_op_and_the_edges_whose_removal_hurts_most(op_set):
+  space, u, masks, op_strength, edge_strength, accuracy, tune, calls = _hand_built(op_set)
+  genotype, log = perturbation.select_core(space, u, masks, accuracy, tune, jax.random.key(0))
+  ops_log = [l for l in log if l["phase"] == "operation"]
+  assert len(ops_log) == 2 * space.num_edges
+  for entry in ops_log:
+    t, e = entry["cell"], space.edges.index(tuple(entry["edge"]))
+    live = [o for o in range(space.num_ops) if masks[t][e, o] and space.ops[o] != "none"]
+    expected = max(live, key=lambda o: op_strength[t][e, o])
+    assert entry["chosen"] == space.ops[expected]
+    assert set(entry["acc_without"]) == {space.ops[o] for o in live}
+  # Topology: exactly two inputs per node, the two strongest edges.
+  for t in CELL_TYPES:
+    cell = genotype.edges(t)
+    assert len(cell) == 2 * NUM_NODES
+    for j in range(NUM_NODES):
+      incoming = space.incoming(NUM_INPUTS + j)
+      strongest = sorted(incoming, key=lambda e: -edge_strength[t][e])[:2]
+      assert sorted(src for _, src in cell[2 * j:2 * j + 2]) == sorted(
+          space.edges[e][0] for e in strongest)
+      for op, src in cell[2 * j:2 * j + 2]:
+        e = space.edges.index((src, NUM_INPUTS + j))
+        assert op == next(l["chosen"] for l in ops_log
+                          if l["cell"] == t and tuple(l["edge"]) == space.edges[e])
+  assert "none" not in {op for op, _ in genotype.normal + genotype.reduce}
+  # One fine-tuning after every decision: each edge, and each node with > 2 inputs.
+  assert calls["tune"] == 2 * space.num_edges + 2 * sum(
+      len(space.incoming(NUM_INPUTS + j)) > 2 for j in range(NUM_NODES))
+
+
+def test_the_fixed_topology_has_no_topology_decisions():
+  space, u, masks, _, _, accuracy, tune, calls = _hand_built("xnas", topology="fixed")
+  genotype, log = perturbation.select_core(space, u, masks, accuracy, tune, jax.random.key(1))
+  assert all(l["phase"] == "operation" for l in log)
+  assert [src for _, src in genotype.normal] == [0, 1, 0, 2, 0, 3, 0, 4]
+
+
+@pytest.mark.parametrize("arch_optimizer", ["xnas", "frozen"])
+def test_pt_on_a_real_search(arch_optimizer, tmp_path):
+  c = tiny_config(epochs=1, selection="perturbation")
+  c.arch_optimizer.name = arch_optimizer
+  c.pt.tune_epochs = 1
+  result = train.train_and_evaluate(c, str(tmp_path), progress=False)
+  g = result["genotype"]
+  space = train.build_search(c).net.space
+  for cell in (g.normal, g.reduce):
+    for j in range(NUM_NODES):
+      assert len({src for _, src in cell[2 * j:2 * j + 2]}) == 2
+  log = json.load(open(os.path.join(tmp_path, "selection_log.json")))
+  for entry in log:
+    if entry["phase"] == "operation":
+      accs = entry["acc_without"]
+      assert accs[entry["chosen"]] == min(accs.values())
+  assert os.path.exists(os.path.join(tmp_path, "genotype_magnitude.json"))
+  assert result["summary"]["selection"] == "perturbation"
+
+  # The first decision's accuracies, recomputed independently on the searched
+  # supernet (no decision and no fine-tuning before it).
+  search = train.build_search(c)
+  state = result["state"]
+  masks = train.live_masks(search, state)
+  u = search.mixture(state["arch"], masks)
+  first = log[0]
+  t, e = first["cell"], space.edges.index(tuple(first["edge"]))
+  d, b = search.data, c.batch_size
+  for name, logged in first["acc_without"].items():
+    o = space.ops.index(name)
+    u2 = dict(u, **{t: u[t].at[e, o].set(0.0)})
+    m2 = dict(masks, **{t: masks[t].at[e, o].set(False)})
+    correct = 0
+    n = (len(d.val) // b) * b
+    for i in range(0, n, b):
+      x = (jnp.asarray(d.val.images[i:i + b]) - d.mean) / d.std
+      logits, _ = search.net.apply({"params": state["params"],
+                                    "batch_stats": state["batch_stats"]}, x, u2, m2, train=True,
+                                   rng=jax.random.key(0))
+      correct += int(jnp.sum(jnp.argmax(logits, -1) == jnp.asarray(d.val.labels[i:i + b])))
+    assert logged == pytest.approx(correct / n, abs=1e-6)

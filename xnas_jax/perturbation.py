@@ -1,0 +1,241 @@
+"""Perturbation-based architecture selection (DARTS-PT; Wang et al., ICLR 2021,
+sec. 4 and Alg. 2 of appendix A.3).
+
+The strength of an operation is how much the supernet's validation accuracy
+drops when that operation alone is removed from its edge (sec. 4.1):
+
+* operation phase: edges in random order; on each edge evaluate
+  ``ACC_{\\o}`` for every live operation ``o`` (``none`` excluded, as the
+  paper does for DARTS), keep ``argmin_o ACC_{\\o}``, discretize the edge to
+  it (its mixture weight becomes one-hot), and fine-tune the supernet's
+  weights before the next edge;
+* topology phase: nodes in random order; for each node evaluate ``ACC_{\\e}``
+  with each incoming edge removed, keep the two edges with the lowest
+  accuracy, prune the others, fine-tune.
+
+Removing an operation multiplies its mixture weight by 0 without
+renormalizing the others (as the released code does) and clears its bit in
+the dynamic live-expert mask, so the removed expert is skipped under
+``lax.cond``: the same static active set, one compiled program for every
+candidate.  Accuracies use the supernet in training mode (batch statistics),
+again as the released code, since running statistics do not describe a
+perturbed supernet.
+
+``select`` works on any supernet this library trains (XNAS, DARTS, amended,
+DrNAS, and the fixed-alpha supernet of ``arch_optimizer.name = "frozen"``):
+it reads the mixture weights through ``Search.mixture`` and the live experts
+through ``train.live_masks``.  Fine-tuning trains the network weights only,
+with momentum SGD at a constant learning rate (``pt.learning_rate``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xnas_jax import input_pipeline
+from xnas_jax.genotype import Genotype
+from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, SearchSpace
+
+PyTree = Any
+Weights = dict[str, np.ndarray]  # per cell type [E, N]
+
+
+@dataclasses.dataclass
+class Projection:
+  """The decisions so far: per cell type, the chosen op of each edge (-1:
+  undecided) and whether each edge is still in the cell."""
+  choice: dict[str, np.ndarray]  # [E] int
+  kept: dict[str, np.ndarray]  # [E] bool
+
+  @classmethod
+  def empty(cls, space: SearchSpace) -> "Projection":
+    return cls({t: np.full(space.num_edges, -1) for t in CELL_TYPES},
+               {t: np.ones(space.num_edges, bool) for t in CELL_TYPES})
+
+  def apply(self, u: Weights, masks: Weights) -> tuple[Weights, Weights]:
+    """The supernet's mixture weights and live experts under the decisions."""
+    new_u, new_m = {}, {}
+    for t in CELL_TYPES:
+      n = u[t].shape[-1]
+      decided = self.choice[t] >= 0
+      onehot = np.eye(n, dtype=bool)[np.maximum(self.choice[t], 0)]
+      m = np.where(decided[:, None], onehot, masks[t]) & self.kept[t][:, None]
+      w = np.where(decided[:, None], onehot.astype(np.float32), u[t])
+      new_u[t], new_m[t] = np.where(m, w, 0.0).astype(np.float32), m
+    return new_u, new_m
+
+
+def without_op(u: Weights, masks: Weights, cell_type: str, edge: int,
+               op: int) -> tuple[Weights, Weights]:
+  """``u`` and ``masks`` with expert ``op`` of ``edge`` removed (weight 0, masked)."""
+  u2, m2 = dict(u), dict(masks)
+  u2[cell_type] = u[cell_type].copy()
+  m2[cell_type] = masks[cell_type].copy()
+  u2[cell_type][edge, op] = 0.0
+  m2[cell_type][edge, op] = False
+  return u2, m2
+
+
+def without_edge(u: Weights, masks: Weights, cell_type: str,
+                 edge: int) -> tuple[Weights, Weights]:
+  u2, m2 = dict(u), dict(masks)
+  u2[cell_type] = u[cell_type].copy()
+  m2[cell_type] = masks[cell_type].copy()
+  u2[cell_type][edge] = 0.0
+  m2[cell_type][edge] = False
+  return u2, m2
+
+
+Accuracy = Callable[[Weights, Weights], float]
+Tune = Callable[[Weights, Weights], None]
+
+
+def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accuracy, tune: Tune,
+                key: jax.Array) -> tuple[Genotype, list[dict[str, Any]]]:
+  """Alg. 2 given the supernet as two callables.
+
+  Args:
+    space: the search space.
+    u, masks: the supernet's mixture weights and live experts ``[E, N]``.
+    accuracy: validation accuracy of the supernet run with given weights and
+      live experts.
+    tune: fine-tunes the supernet (in place) under given weights and experts.
+    key: orders the edges and the nodes.
+
+  Returns:
+    The genotype and a log: one entry per decision, with the accuracies that
+    made it.
+  """
+  proj = Projection.empty(space)
+  log: list[dict[str, Any]] = []
+  k_ops, k_nodes = jax.random.split(key)
+  pairs = [(t, e) for t in CELL_TYPES for e in range(space.num_edges)]
+  for i in np.asarray(jax.random.permutation(k_ops, len(pairs))):
+    t, e = pairs[int(i)]
+    pu, pm = proj.apply(u, masks)
+    cands = [o for o in range(space.num_ops) if pm[t][e, o] and space.ops[o] != "none"]
+    if not cands:
+      raise ValueError(f"edge {space.edges[e]} of the {t} cell has no live operation to select")
+    accs = {space.ops[o]: accuracy(*without_op(pu, pm, t, e, o)) for o in cands}
+    best = min(cands, key=lambda o: accs[space.ops[o]])  # removal hurts most
+    proj.choice[t][e] = best
+    log.append({"phase": "operation", "cell": t, "edge": list(space.edges[e]),
+                "acc_without": accs, "chosen": space.ops[best]})
+    tune(*proj.apply(u, masks))
+  nodes = [(t, NUM_INPUTS + j) for t in CELL_TYPES for j in range(NUM_NODES)]
+  for i in np.asarray(jax.random.permutation(k_nodes, len(nodes))):
+    t, dst = nodes[int(i)]
+    incoming = [e for e in space.incoming(dst) if proj.kept[t][e]]
+    if len(incoming) <= 2:
+      continue
+    pu, pm = proj.apply(u, masks)
+    accs = {e: accuracy(*without_edge(pu, pm, t, e)) for e in incoming}
+    keep = sorted(incoming, key=lambda e: accs[e])[:2]
+    for e in incoming:
+      proj.kept[t][e] = e in keep
+    log.append({"phase": "topology", "cell": t, "node": dst,
+                "acc_without": {str(space.edges[e][0]): a for e, a in accs.items()},
+                "kept_inputs": sorted(space.edges[e][0] for e in keep)})
+    tune(*proj.apply(u, masks))
+  return genotype_of(space, proj), log
+
+
+def genotype_of(space: SearchSpace, proj: Projection) -> Genotype:
+  cells = {}
+  for t in CELL_TYPES:
+    edges = []
+    for j in range(NUM_NODES):
+      kept = [e for e in space.incoming(NUM_INPUTS + j) if proj.kept[t][e]]
+      kept = sorted(kept, key=lambda e: space.edges[e][0])
+      edges.extend((space.ops[int(proj.choice[t][e])], space.edges[e][0]) for e in kept)
+    cells[t] = tuple(edges)
+  concat = tuple(range(NUM_INPUTS, NUM_INPUTS + NUM_NODES))
+  return Genotype(cells["normal"], concat, cells["reduce"], concat)
+
+
+def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float = 0.01,
+           key: jax.Array | None = None, fns: dict[str, Callable] | None = None,
+           ) -> tuple[Genotype, list[dict[str, Any]], PyTree]:
+  """Perturbation-based selection on a trained search (``train.Search`` and
+  its state); returns the genotype, the decision log and the tuned state.
+
+  Fine-tuning runs ``tune_epochs`` epochs of weight steps on the weights half
+  of the search split after each decision.  Validation accuracies are over
+  every full batch of the architecture half.
+  """
+  from xnas_jax import train  # pylint: disable=import-outside-toplevel
+  fns = fns or train.make_functions(search)
+  cfg, net, data = search.config, search.net, search.data
+  b = cfg.batch_size
+  key = jax.random.key(cfg.seed + 2) if key is None else key
+  k_order, k_tune = jax.random.split(key)
+  masks0 = train.live_masks(search, state)
+  u0 = {t: np.asarray(v, np.float32)
+        for t, v in search.mixture(state["arch"], masks0).items()}
+  masks0 = {t: np.asarray(v, bool) for t, v in masks0.items()}
+
+  n_val = (len(data.val) // b) * b
+  xv = input_pipeline.standardize(jnp.asarray(data.val.images[:n_val]), data.mean, data.std)
+  xv = xv.reshape((n_val // b, b) + xv.shape[1:])
+  yv = jnp.asarray(data.val.labels[:n_val]).reshape(n_val // b, b)
+
+  @jax.jit
+  def val_accuracy(params, batch_stats, u, masks):
+    def one(_, xy):
+      logits, _ = net.apply({"params": params, "batch_stats": batch_stats}, xy[0], u, masks,
+                            train=True, rng=jax.random.key(0))
+      return None, jnp.sum(jnp.argmax(logits, -1) == xy[1])
+    return jnp.sum(jax.lax.scan(one, None, (xv, yv))[1]) / n_val
+
+  tx = optax.chain(optax.clip_by_global_norm(cfg.weight_optimizer.grad_clip),
+                   optax.add_decayed_weights(cfg.weight_optimizer.weight_decay),
+                   optax.sgd(learning_rate, momentum=cfg.weight_optimizer.momentum))
+
+  @jax.jit
+  def apply_update(params, opt_state, g_params):
+    g = jax.tree.map(lambda a: a / b, g_params)
+    updates, opt_state = tx.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  train_data = tuple(jnp.asarray(a) for a in (data.train.images, data.train.labels, data.mean,
+                                              data.std))
+  tuned = {"params": state["params"], "batch_stats": state["batch_stats"],
+           "opt_state": tx.init(state["params"]), "round": 0}
+
+  def accuracy(u, masks):
+    return float(val_accuracy(tuned["params"], tuned["batch_stats"], _as_jax(u),
+                              _as_jax(masks)))
+
+  def tune(u, masks):
+    tuned["round"] += 1
+    u_full = train.per_copy_weights(net, _as_jax(u), b)
+    m = _as_jax(masks)
+    k_round = jax.random.fold_in(k_tune, tuned["round"])
+    for epoch in range(tune_epochs):
+      batches = input_pipeline.epoch_batches(k_round, len(data.train), b, epoch)
+      for i, idx in enumerate(batches):
+        k = jax.random.fold_in(jax.random.fold_in(k_round, epoch), i)
+        k_aug, k_noise = jax.random.split(k)
+        x, y = fns["prepare"](*train_data, jnp.asarray(idx), k_aug, True)
+        _, _, g_params, _, stats = fns["grads"](tuned["params"], tuned["batch_stats"], u_full,
+                                                m, x, y, k_noise)
+        tuned["params"], tuned["opt_state"] = apply_update(tuned["params"],
+                                                           tuned["opt_state"], g_params)
+        tuned["batch_stats"] = stats
+
+  genotype, log = select_core(net.space, u0, masks0, accuracy, tune, k_order)
+  return genotype, log, dict(state, params=tuned["params"], batch_stats=tuned["batch_stats"])
+
+
+def _as_jax(tree: Weights) -> dict[str, jax.Array]:
+  return {t: jnp.asarray(v) for t, v in tree.items()}
+
+
+def count_ops(genotype: Genotype, names: Sequence[str]) -> int:
+  """How many of the genotype's edges (both cells) use one of ``names``."""
+  return sum(op in names for op, _ in genotype.normal + genotype.reduce)
