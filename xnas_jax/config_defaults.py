@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Drop an op from the compiled supernet once it is wiped on every edge of a
   # cell type (at the next epoch boundary; costs one compilation).
   config.rebuild_wiped = True
+  # float32 | bfloat16: the dtype the supernet's gradient program computes in
+  # (state, optimizers and the loss stay float32).
+  config.compute_dtype = "float32"
   config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False})
   config.weight_optimizer = ml_collections.ConfigDict({
       "learning_rate": 0.025, "min_learning_rate": 0.001, "momentum": 0.9,

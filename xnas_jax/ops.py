@@ -17,8 +17,16 @@ _BN_MOMENTUM = 0.9
 _BN_EPS = 1e-5
 
 
+class BatchNorm(nn.BatchNorm):
+  """Flax's BatchNorm (statistics reduced in float32) whose output keeps the
+  input's dtype, so that a bfloat16 network stays bfloat16 after every BN."""
+
+  def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+    return super().__call__(x, *args, **kwargs).astype(x.dtype)
+
+
 def batch_norm(affine: bool, train: bool, name: str | None = None) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
+  return BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
                       epsilon=_BN_EPS, use_scale=affine, use_bias=affine, name=name)
 
 
@@ -104,10 +112,13 @@ class Pool(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     pad = ((1, 1), (1, 1))
+    dtype = x.dtype
     if self.kind == "max":
       x = nn.max_pool(x, (3, 3), (self.stride,) * 2, padding=pad)
     else:
-      x = nn.avg_pool(x, (3, 3), (self.stride,) * 2, padding=pad, count_include_pad=False)
+      # (The divisor counts are float32; keep the input's dtype.)
+      x = nn.avg_pool(x, (3, 3), (self.stride,) * 2, padding=pad,
+                      count_include_pad=False).astype(dtype)
     return batch_norm(False, train)(x) if self.with_bn else x
 
 

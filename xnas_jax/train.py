@@ -62,6 +62,7 @@ ARCH_OPTIMIZERS = ("xnas", "darts_adam", "gd_softmax", "drnas", "frozen")
 # How the genotype is read off the trained supernet: magnitude (top-2 edges,
 # strongest expert) or perturbation (DARTS-PT, xnas_jax.perturbation).
 SELECTIONS = ("magnitude", "perturbation")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -103,6 +104,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not (isinstance(config.pt.tune_epochs, int) and config.pt.tune_epochs >= 0):
       raise ConfigError(f"pt.tune_epochs must be a non-negative integer, "
                         f"got {config.pt.tune_epochs!r}")
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f"unknown compute_dtype {config.compute_dtype!r}; "
+                      f"expected one of {list(COMPUTE_DTYPES)}")
   positive("batch_size", config.batch_size)
   positive("num_seeds", config.get("num_seeds", 1))
   n_dev = config.get("num_devices", 0)
@@ -298,17 +302,27 @@ def live_masks(search: Search, state: PyTree) -> dict[str, jax.Array]:
 # --------------------------------------------------------------------------
 # Jitted pieces.
 
-def loss_and_grads_fn(net: Supernet) -> Callable:
+def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32") -> Callable:
   """The search's gradient program (unjitted): ``(params, batch_stats, u_full,
   masks, x, y, rng) -> (loss, correct, g_params, g_u, new_batch_stats)``.
 
   ``loss`` is the summed cross-entropy; ``g_u`` its gradient w.r.t. the
   per-replica, per-example copies ``u_full`` of the mixture weights.
+
+  ``compute_dtype="bfloat16"`` runs the supernet in bfloat16: parameters,
+  mixture weights and images are cast on the way in (so their gradients come
+  back in float32, the dtype of the state), batch-norm statistics are
+  reduced in float32 (Flax's default), and the loss is taken in float32.
   """
+  dtype = COMPUTE_DTYPES[compute_dtype]
+
   def loss_and_grads(params, batch_stats, u_full, masks, x, y, rng):
     def loss_fn(params, u_full):
-      logits, new_stats = net.apply({"params": params, "batch_stats": batch_stats}, x, u_full,
-                                    masks, train=True, rng=rng)
+      cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)
+      logits, new_stats = net.apply({"params": cast(params), "batch_stats": batch_stats},
+                                    x.astype(dtype), cast(u_full), masks, train=True, rng=rng)
+      new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), new_stats, batch_stats)
+      logits = logits.astype(jnp.float32)
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       return jnp.sum(losses), (new_stats, jnp.sum(jnp.argmax(logits, -1) == y))
     (loss, (new_stats, correct)), (g_params, g_u) = jax.value_and_grad(
@@ -333,7 +347,7 @@ def make_functions(search: Search) -> dict[str, Callable]:
       x = input_pipeline.augment(key, x, pad=cfg.augment.pad, flip=cfg.augment.flip)
     return input_pipeline.standardize(x, mean, std), y
 
-  grads_fn = jax.jit(loss_and_grads_fn(net))
+  grads_fn = jax.jit(loss_and_grads_fn(net, cfg.compute_dtype))
 
   def full_weights(arch, masks, key, batch):
     return per_copy_weights(net, search.mixture(arch, masks, key), batch)
@@ -588,7 +602,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def step_function(search, fns):
     if num_seeds == 1:
       return functools.partial(search_step, search, fns)
-    return jax.jit(jax.vmap(functools.partial(search_step, search, fns)))
+    # The whole step is one program; the old state's buffers are reused.
+    return jax.jit(jax.vmap(functools.partial(search_step, search, fns)), donate_argnums=0)
 
   fns = make_functions(search)
   step = step_function(search, fns)
