@@ -33,6 +33,7 @@ METHODS = ("darts", "xnas")
 def search_config(space: str, method: str, args) -> "ml_collections.ConfigDict":
   c = config_defaults.base_config()
   c.op_set, c.epochs, c.seed, c.num_seeds = space, args.epochs, args.seeds[0], len(args.seeds)
+  c.channels, c.num_cells = args.channels, args.cells
   c.num_devices = 1
   c.selection = "perturbation"
   c.pt.tune_epochs = args.tune_epochs
@@ -45,6 +46,7 @@ def search_config(space: str, method: str, args) -> "ml_collections.ConfigDict":
 def eval_config(seed: int, args):
   c = config_defaults.eval_config()
   c.seed, c.epochs, c.num_devices = seed, args.retrain_epochs, 1
+  c.num_cells = args.retrain_cells
   return c
 
 
@@ -54,8 +56,11 @@ def main():
   ap.add_argument("--methods", nargs="+", default=list(METHODS))
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   ap.add_argument("--epochs", type=int, default=5, help="search epochs")
+  ap.add_argument("--channels", type=int, default=4, help="search supernet channels")
+  ap.add_argument("--cells", type=int, default=4, help="search supernet cells")
+  ap.add_argument("--retrain_cells", type=int, default=6)
   ap.add_argument("--tune_epochs", type=int, default=1, help="PT fine-tuning per decision")
-  ap.add_argument("--retrain_epochs", type=int, default=10)
+  ap.add_argument("--retrain_epochs", type=int, default=8)
   ap.add_argument("--darts_arch_lr", type=float, default=3e-3,
                   help="10x DARTS's, so a digits search moves the logits as far as CIFAR's")
   ap.add_argument("--json", default="")
@@ -82,6 +87,7 @@ def main():
         out = train.train_and_evaluate(search_config(space, method, args), workdir,
                                        progress=False)
       search_s = time.time() - t0
+      print(f"{name}: search and selection {search_s:.0f} s", flush=True)
       seeds = []
       for summary in out["summaries"]:
         entry = {"seed": summary["seed"], "supernet_val_acc": summary["val_acc"]}

@@ -1,0 +1,168 @@
+"""Throughput and peak memory of one search step (weight step + architecture step).
+
+The paper's CIFAR-10 search configuration (``configs/cifar10_xnas.py``: XNAS
+op set, 8 cells, C = 16, batch 96) on synthetic 32x32 data, for
+
+* XNAS, first order, every expert live;
+* XNAS with half of each edge's experts wiped (the wipeout mask set by hand);
+* DARTS first order (Adam on the logits);
+* XNAS with the amended hypergradient (Bi et al.);
+* XNAS in bfloat16 compute mode;
+* K seeds vmapped into one program (``num_seeds = K``; images/s counts all K).
+
+Each row runs in its own process (so that compilation caches and the memory
+high-water mark start fresh): it times ``--steps`` search steps after one
+warm-up step, exactly as ``train.train_and_evaluate`` runs them (index batches
+on the device, async dispatch, one sync at the end).  Peak memory is the
+device's ``peak_bytes_in_use`` on a GPU and the process's peak RSS on a CPU.
+"min/epoch" is the time of one CIFAR-10 search epoch (25 000 training images
+at this batch size), the unit the papers report (XNAS: 8.5 min on a GTX
+1080Ti at batch 96; DARTS first order: about 12.5 min at batch 64).
+
+  python benchmarks/search_step.py                         # the paper's config
+  python benchmarks/search_step.py --batch 8 --steps 2     # a CPU-sized run
+  python benchmarks/search_step.py --json /tmp/search_step.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+ROWS = ("xnas", "xnas_half_wiped", "darts", "xnas_amended", "xnas_bfloat16", "xnas_seeds")
+CIFAR_SEARCH_IMAGES = 25_000
+
+
+def config_for(row: str, args):
+  from xnas_jax import config_defaults  # pylint: disable=import-outside-toplevel
+  c = config_defaults.base_config()
+  c.dataset, c.op_set, c.channels, c.num_cells = "synthetic_cifar10", "xnas", 16, 8
+  c.batch_size, c.epochs, c.num_devices = args.batch, 50, 1
+  c.augment.pad, c.augment.flip = 4, True
+  if args.channels:
+    c.channels = args.channels
+  if row == "darts":
+    c.arch_optimizer.name = "darts_adam"
+  elif row == "xnas_amended":
+    c.arch_gradient = "amended"
+  elif row == "xnas_bfloat16":
+    c.compute_dtype = "bfloat16"
+  elif row == "xnas_seeds":
+    c.num_seeds = args.seeds
+  return c
+
+
+def half_wiped(state, key):
+  """The state with a random half of each edge's experts wiped (mask False)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  def wipe(path, leaf):
+    names = [getattr(p, "name", getattr(p, "key", None)) for p in path]
+    if "mask" not in names or leaf.dtype != jnp.bool_:
+      return leaf
+    scores = jax.random.uniform(jax.random.fold_in(key, len(names)), leaf.shape)
+    keep = scores < jnp.median(scores, axis=-1, keepdims=True)
+    keep = keep.at[..., 0].set(True)  # at least one expert per edge
+    return leaf & keep
+  return dict(state, arch_opt_state=jax.tree_util.tree_map_with_path(wipe,
+                                                                     state["arch_opt_state"]))
+
+
+def measure(row: str, args) -> dict:
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from xnas_jax import input_pipeline, train  # pylint: disable=import-outside-toplevel
+  config = config_for(row, args)
+  configs = train.seed_configs(config)
+  searches = [train.build_search(c) for c in configs]
+  search = searches[0]
+  fns = train.make_functions(search)
+  states = [train.init_state(s, jax.random.key(c.seed)) for s, c in zip(searches, configs)]
+  if row == "xnas_half_wiped":
+    states = [half_wiped(s, jax.random.key(7)) for s in states]
+  k = len(configs)
+  data = [(s.data.train.images, s.data.train.labels, s.data.mean, s.data.std) for s in searches]
+  vdata = [(s.data.val.images, s.data.val.labels, s.data.mean, s.data.std) for s in searches]
+  b, n = config.batch_size, len(search.data.train)
+  idx = [input_pipeline.epoch_batches(jax.random.key(c.seed), n, b, 0) for c in configs]
+  if k == 1:
+    state, train_data, val_data = states[0], data[0], vdata[0]
+    tr = va = jax.device_put(idx[0])
+    step = functools.partial(train.search_step, search, fns)
+  else:
+    stack = train._stack  # pylint: disable=protected-access
+    state, train_data, val_data = stack(states), stack(data), stack(vdata)
+    tr = va = jax.device_put(np.stack(idx, axis=1))
+    step = jax.jit(jax.vmap(functools.partial(train.search_step, search, fns)),
+                   donate_argnums=0)
+  train_data, val_data = jax.device_put(train_data), jax.device_put(val_data)
+  t0 = time.perf_counter()
+  state, m = step(state, train_data, val_data, tr[0], va[0])
+  jax.block_until_ready((state, m))
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for i in range(args.steps):
+    state, m = step(state, train_data, val_data, tr[(i + 1) % len(tr)], va[(i + 1) % len(va)])
+  jax.block_until_ready((state, m))
+  step_s = (time.perf_counter() - t0) / args.steps
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if dev.platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    peak, peak_kind = stats["peak_bytes_in_use"], "device"
+  else:
+    peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host RSS"
+  images = k * b
+  return {"row": row, "platform": dev.platform, "device": dev.device_kind, "batch": b,
+          "seeds": k, "channels": config.channels, "step_s": step_s,
+          "images_per_s": images / step_s,
+          "min_per_cifar_epoch": CIFAR_SEARCH_IMAGES / b * step_s / 60,
+          "peak_bytes": int(peak), "peak_kind": peak_kind, "first_step_s": compile_s,
+          "finite": bool(np.isfinite(np.asarray(m)).all())}
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--batch", type=int, default=96)
+  ap.add_argument("--channels", type=int, default=0, help="override C (default 16)")
+  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--seeds", type=int, default=2, help="K of the vmapped-seeds row")
+  ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+  ap.add_argument("--json", default="")
+  ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one row
+  args = ap.parse_args()
+  if args.one:
+    print(json.dumps(measure(args.one, args)))
+    return
+  results = []
+  for row in args.rows:
+    cmd = [sys.executable, __file__, "--one", row, "--batch", str(args.batch), "--steps",
+           str(args.steps), "--seeds", str(args.seeds), "--channels", str(args.channels)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+      print(f"{row}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+      continue
+    results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if len(results) == 1:
+      r = results[0]
+      print(f"{r['platform']} ({r['device']}), batch {r['batch']}, C={r['channels']}, "
+            f"{args.steps} timed steps")
+      print("| row | images/s | step ms | min/epoch (CIFAR) | speed / xnas | peak MiB "
+            "| peak / xnas | first step s |")
+      print("|---|---|---|---|---|---|---|---|")
+    r, base = results[-1], results[0]
+    print(f"| {r['row']}{' (K=%d)' % r['seeds'] if r['seeds'] > 1 else ''} "
+          f"| {r['images_per_s']:.1f} | {r['step_s'] * 1e3:.0f} | {r['min_per_cifar_epoch']:.1f} "
+          f"| {r['images_per_s'] / base['images_per_s']:.2f} | {r['peak_bytes'] / 2**20:.0f} "
+          f"| {r['peak_bytes'] / base['peak_bytes']:.2f} | {r['first_step_s']:.1f} |", flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
