@@ -6,6 +6,7 @@ still builds), so a restore can first rebuild the matching abstract state.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -42,3 +43,14 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: PyTree) -> PyTre
     return None
   return mngr.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+
+def truncate_metrics(path: str, keep_epochs: int) -> None:
+  """Drops the lines of a ``metrics.jsonl`` whose epoch is later than the
+  restored checkpoint's, so that a resumed run does not write them twice."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)["epoch"] <= keep_epochs]
+  with open(path, "w") as f:
+    f.writelines(lines)

@@ -25,11 +25,7 @@ def _fail(message: str, status: int = 2) -> None:
 
 
 def run(argv: list[str] | None = None) -> None:
-  argv = sys.argv if argv is None else argv
-  try:
-    flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  cli.parse_flags("xnas-search", sys.argv if argv is None else argv)
   if _CONFIG.value is None:
     _fail("--config is required (for example --config configs/digits.py)")
   if not _WORKDIR.value:

@@ -26,6 +26,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "data"
 
 
+def device_config_error(num_devices: int, batch_size: int) -> str | None:
+  """What is wrong with a ``num_devices`` / global ``batch_size`` pair (one
+  line naming the bad value), or None."""
+  n = jax.device_count()
+  if not 0 <= num_devices <= n:
+    return f"num_devices {num_devices} is not in 0..{n} (0 = all devices)"
+  if batch_size % (num_devices or n):
+    return (f"batch_size {batch_size} is not divisible by the {num_devices or n} devices "
+            f"(set num_devices)")
+  return None
+
+
 def data_mesh(num_devices: int = 0) -> Mesh:
   """A ``("data",)`` mesh over the first ``num_devices`` devices (0: all)."""
   devices = jax.devices()

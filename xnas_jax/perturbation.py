@@ -70,24 +70,15 @@ class Projection:
     return new_u, new_m
 
 
-def without_op(u: Weights, masks: Weights, cell_type: str, edge: int,
-               op: int) -> tuple[Weights, Weights]:
-  """``u`` and ``masks`` with expert ``op`` of ``edge`` removed (weight 0, masked)."""
+def removed(u: Weights, masks: Weights, cell_type: str,
+            index: int | tuple[int, int]) -> tuple[Weights, Weights]:
+  """``u`` and ``masks`` with ``index`` of a cell type removed (weight 0,
+  masked): an ``(edge, op)`` pair removes one expert, an ``edge`` all of them."""
   u2, m2 = dict(u), dict(masks)
   u2[cell_type] = u[cell_type].copy()
   m2[cell_type] = masks[cell_type].copy()
-  u2[cell_type][edge, op] = 0.0
-  m2[cell_type][edge, op] = False
-  return u2, m2
-
-
-def without_edge(u: Weights, masks: Weights, cell_type: str,
-                 edge: int) -> tuple[Weights, Weights]:
-  u2, m2 = dict(u), dict(masks)
-  u2[cell_type] = u[cell_type].copy()
-  m2[cell_type] = masks[cell_type].copy()
-  u2[cell_type][edge] = 0.0
-  m2[cell_type][edge] = False
+  u2[cell_type][index] = 0.0
+  m2[cell_type][index] = False
   return u2, m2
 
 
@@ -121,7 +112,7 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
     cands = [o for o in range(space.num_ops) if pm[t][e, o] and space.ops[o] != "none"]
     if not cands:
       raise ValueError(f"edge {space.edges[e]} of the {t} cell has no live operation to select")
-    accs = {space.ops[o]: accuracy(*without_op(pu, pm, t, e, o)) for o in cands}
+    accs = {space.ops[o]: accuracy(*removed(pu, pm, t, (e, o))) for o in cands}
     best = min(cands, key=lambda o: accs[space.ops[o]])  # removal hurts most
     proj.choice[t][e] = best
     log.append({"phase": "operation", "cell": t, "edge": list(space.edges[e]),
@@ -134,7 +125,7 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
     if len(incoming) <= 2:
       continue
     pu, pm = proj.apply(u, masks)
-    accs = {e: accuracy(*without_edge(pu, pm, t, e)) for e in incoming}
+    accs = {e: accuracy(*removed(pu, pm, t, e)) for e in incoming}
     keep = sorted(incoming, key=lambda e: accs[e])[:2]
     for e in incoming:
       proj.kept[t][e] = e in keep

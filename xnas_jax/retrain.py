@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from xnas_jax import checkpointing
+from xnas_jax import cli
 from xnas_jax import evalnet
 from xnas_jax import input_pipeline
 from xnas_jax import parallel
@@ -59,12 +60,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{name} must be in [0, 1), got {config[name]!r}")
   if not config.aux_weight >= 0:
     raise ConfigError(f"aux_weight must be >= 0, got {config.aux_weight!r}")
-  n_dev = config.num_devices
-  if not 0 <= n_dev <= jax.device_count():
-    raise ConfigError(f"num_devices {n_dev} is not in 0..{jax.device_count()} (0 = all devices)")
-  if config.batch_size % (n_dev or jax.device_count()):
-    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
-                      f"{n_dev or jax.device_count()} devices (set num_devices)")
+  device_error = parallel.device_config_error(config.num_devices, config.batch_size)
+  if device_error:
+    raise ConfigError(device_error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,18 +193,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
   fns = make_functions(run)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = int(state["epoch"])
-  _truncate(metrics_path, start)
+  checkpointing.truncate_metrics(metrics_path, start)
   order_key = jax.random.key(config.seed + 1)
   steps, b = run.steps_per_epoch, config.batch_size
   params_m = evalnet.parameter_count(state["params"]) / 1e6
   summary: dict[str, Any] = {}
-  epochs = range(start, config.epochs)
-  if progress:
-    try:
-      from tqdm import auto as tqdm  # pylint: disable=import-outside-toplevel
-      epochs = tqdm.tqdm(epochs, desc="retrain", unit="epoch")
-    except ImportError:
-      pass
+  epochs = cli.progress(range(start, config.epochs), progress, "retrain")
   try:
     for epoch in epochs:
       t0 = time.time()
@@ -235,12 +227,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return {"state": state, "summary": summary}
-
-
-def _truncate(path: str, keep_epochs: int) -> None:
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["epoch"] <= keep_epochs]
-  with open(path, "w") as f:
-    f.writelines(lines)

@@ -27,11 +27,7 @@ def _fail(message: str, status: int = 2) -> None:
 
 
 def run(argv: list[str] | None = None) -> None:
-  argv = sys.argv if argv is None else argv
-  try:
-    flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  cli.parse_flags("xnas-train", sys.argv if argv is None else argv)
   for name, value in (("--config", _CONFIG.value), ("--genotype", _GENOTYPE.value),
                       ("--workdir", _WORKDIR.value)):
     if not value:

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from xnas_jax import arch as arch_lib
+from xnas_jax import cli
 from xnas_jax import compile_counter
 from xnas_jax import drnas
 from xnas_jax import genotype as genotype_lib
@@ -109,12 +110,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f"expected one of {list(COMPUTE_DTYPES)}")
   positive("batch_size", config.batch_size)
   positive("num_seeds", config.get("num_seeds", 1))
-  n_dev = config.get("num_devices", 0)
-  if not 0 <= n_dev <= jax.device_count():
-    raise ConfigError(f"num_devices {n_dev} is not in 0..{jax.device_count()} (0 = all devices)")
-  if config.batch_size % (n_dev or jax.device_count()):
-    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
-                      f"{n_dev or jax.device_count()} devices (set num_devices)")
+  device_error = parallel.device_config_error(config.get("num_devices", 0), config.batch_size)
+  if device_error:
+    raise ConfigError(device_error)
   positive("epochs", config.epochs)
   positive("channels", config.channels)
   positive("num_cells", config.num_cells)
@@ -589,7 +587,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = parallel.replicate(state, mesh)
   start_epoch = int(np.max(state["epoch"]))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  _truncate_metrics(metrics_path, start_epoch)
+  checkpointing.truncate_metrics(metrics_path, start_epoch)
 
   compile_counter.install()
   compiled_before = compile_counter.snapshot()
@@ -612,7 +610,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   b, steps = config.batch_size, search.steps_per_epoch
   n_train, n_val = len(search.data.train), len(search.data.val)
   epochs = range(start_epoch, config.epochs)
-  bar = _progress(epochs, progress)
+  bar = cli.progress(epochs, progress, "search")
   summaries: list[dict[str, Any]] = [{} for _ in configs]
   try:
     for epoch in bar:
@@ -705,21 +703,3 @@ def supernet_test_accuracy(search: Search, fns: dict[str, Callable], state: PyTr
   return correct / max(len(d.test), 1)
 
 
-def _truncate_metrics(path: str, keep_epochs: int) -> None:
-  """Drops metric lines of epochs not covered by the restored checkpoint."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["epoch"] <= keep_epochs]
-  with open(path, "w") as f:
-    f.writelines(lines)
-
-
-def _progress(it, enabled: bool):
-  if not enabled:
-    return it
-  try:
-    from tqdm import auto as tqdm  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return it
-  return tqdm.tqdm(it, desc="search", unit="epoch")
