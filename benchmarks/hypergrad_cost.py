@@ -67,9 +67,9 @@ def measure(config, method: str, repeats: int) -> tuple[float, int, float]:
   programs = [fns["grads"].lower(*grads_args).compile()]
   calls = [(programs[0], grads_args)]
   if "correction" in fns:
-    gv_params = programs[0](*grads_args)[2]
+    _, _, gv_params, gv_u, _ = programs[0](*grads_args)
     corr_args = (state["params"], state["batch_stats"], state["arch"], masks, (x, y), (xv, yv),
-                 gv_params, key, state["step"])
+                 gv_params, gv_u, key, state["step"])
     programs.append(fns["correction"].lower(*corr_args).compile())
     calls.append((programs[1], corr_args))
   compile_s = time.perf_counter() - t0

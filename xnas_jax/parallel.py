@@ -60,8 +60,15 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def shard_batches(batches: np.ndarray, mesh: Mesh) -> jax.Array:
-  """Index batches ``[steps, batch]`` on the devices, each batch split over them."""
+def shard_batches(batches: np.ndarray, mesh: Mesh) -> list[jax.Array]:
+  """Index batches ``[steps, ..., batch]`` on the devices, one array per step,
+  each batch split over them.
+
+  All steps move in one ``device_put`` (once per epoch); the loop then hands
+  the step's array to the jitted step as it is.  (Indexing one device array
+  of all steps instead would run an eager slice per step, and on a sharded
+  array compile one slice program per step index.)
+  """
   if batches.shape[-1] % mesh.size:
     raise ValueError(f"batch_size {batches.shape[-1]} is not divisible by the {mesh.size} devices")
-  return jax.device_put(batches, batch_sharded(mesh, batch_axis=batches.ndim - 1))
+  return jax.device_put(list(batches), batch_sharded(mesh, batch_axis=batches.ndim - 2))

@@ -238,8 +238,13 @@ class SearchCell:
     from_nodes = all(s >= NUM_INPUTS for s in srcs)
 
     def mixed_op(p, s, x, u, m, key):
-      """sum_i u_i f_i(x) over the live experts; each runs under lax.cond."""
-      zeros = jnp.zeros(x.shape[:1] + nodes.shape[2:], x.dtype)
+      """sum_i u_i f_i(x) over the live experts; each runs under lax.cond.
+
+      The sum is taken in ``u``'s dtype (so that float32 mixture weights give
+      float32 rewards ``-grad_u . f_i`` for a bfloat16 network) and returned
+      in the network's dtype.
+      """
+      zeros = jnp.zeros(x.shape[:1] + nodes.shape[2:], u.dtype)
       y = zeros
       new_s = {}
       for name, module in modules.items():
@@ -248,7 +253,7 @@ class SearchCell:
 
         def on(x, module=module, v=v, i=i):
           out, st = _apply_module(module, v, x, train, key if name == "noise" else None)
-          return u[:, i, None, None, None] * out, st
+          return u[:, i, None, None, None] * out.astype(u.dtype), st
 
         def off(x, v=v):
           del x
@@ -256,7 +261,7 @@ class SearchCell:
 
         contrib, new_s[name] = jax.lax.cond(m[i], on, off, x)
         y = y + contrib
-      return y, new_s
+      return y.astype(nodes.dtype), new_s
 
     def body(nodes, xs):
       p, s, src, dst, u, m, key = xs

@@ -318,7 +318,7 @@ def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32") -> Callable
     def loss_fn(params, u_full):
       cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)
       logits, new_stats = net.apply({"params": cast(params), "batch_stats": batch_stats},
-                                    x.astype(dtype), cast(u_full), masks, train=True, rng=rng)
+                                    x.astype(dtype), u_full, masks, train=True, rng=rng)
       new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), new_stats, batch_stats)
       logits = logits.astype(jnp.float32)
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -358,19 +358,23 @@ def make_functions(search: Search) -> dict[str, Callable]:
 
   schedule = weight_schedule(cfg.weight_optimizer, search.steps_per_epoch * cfg.epochs)
 
-  def correction(params, batch_stats, arch, masks, train_batch, val_batch, val_weight_grad, rng,
-                 step):
+  def correction(params, batch_stats, arch, masks, train_batch, val_batch, val_weight_grad,
+                 val_g_u, rng, step):
     """What ``config.arch_gradient`` adds to the first-order gradient of the
     mean validation loss, w.r.t. ``u`` (XNAS) or the logits.
 
-    ``val_weight_grad`` is the summed-loss weight gradient the gradient program
-    already computed on ``val_batch``; the amended and implicit terms reuse it.
+    ``val_weight_grad`` and ``val_g_u`` are the summed-loss gradients (weights,
+    per-copy mixture weights) the gradient program already computed on
+    ``val_batch``: the amended and implicit terms reuse the first, DARTS's
+    second order subtracts the first-order gradient made from the second
+    instead of computing it again.
     """
     mixture = search.gradient_wrt == optim.GRADIENT_WRT_MIXTURE
     a0 = arch_lib.mixture_weights(arch, masks) if mixture else arch
+    to_mixture = lambda a: a if mixture else arch_lib.mixture_weights(a, masks)
 
     def loss(p, a, batch):
-      u = a if mixture else arch_lib.mixture_weights(a, masks)
+      u = to_mixture(a)
       logits, _ = net.apply({"params": p, "batch_stats": batch_stats}, batch[0], u, masks,
                             train=True, rng=rng)
       return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
@@ -382,7 +386,11 @@ def make_functions(search: Search) -> dict[str, Callable]:
     if cfg.arch_gradient == "implicit":
       return hypergrad.implicit_term(loss, params, a0, train_batch, v, **opts)
     h = hypergrad.darts_second_order(loss, loss, params, a0, train_batch, val_batch, **opts)
-    return jax.tree.map(jnp.subtract, h, hypergrad.first_order(loss, params, a0, val_batch))
+    b = val_batch[1].shape[0]
+    g_u = {t: jnp.sum(val_g_u[t], axis=(0, 1)).astype(jnp.float32) / b for t in CELL_TYPES}
+    _, vjp = jax.vjp(to_mixture, a0)
+    (first_order,) = vjp(g_u)  # dL_val(w, a)/da, from the gradient program's rewards
+    return jax.tree.map(jnp.subtract, h, first_order)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def arch_update(arch, arch_opt_state, g_u, masks, key, corr=None):
@@ -454,7 +462,7 @@ def search_step(search: Search, fns: dict[str, Callable], state: PyTree, train_d
   corr = None
   if "correction" in fns:  # second-order, amended or implicit hypergradient
     corr = fns["correction"](params, new_stats, state["arch"], masks, (x, y), (xv, yv), gv_params,
-                             k_noise2, state["step"])
+                             g_u, k_noise2, state["step"])
   arch, arch_opt_state = fns["arch_update"](state["arch"], state["arch_opt_state"], g_u, masks,
                                             k_arch, corr)
   new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_stats,
@@ -590,7 +598,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointing.truncate_metrics(metrics_path, start_epoch)
 
   compile_counter.install()
-  compiled_before = compile_counter.snapshot()
 
   def data_of(split_name):
     parts = [(getattr(s.data, split_name).images, getattr(s.data, split_name).labels,
@@ -614,7 +621,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   summaries: list[dict[str, Any]] = [{} for _ in configs]
   try:
     for epoch in bar:
-      t0 = time.time()
+      # Time and compilations of this epoch's steps and metrics; not of the
+      # previous checkpoint, whose first save on several devices compiles
+      # orbax's per-device copies (once).
+      t0, compiled_before = time.time(), compile_counter.snapshot()
       # One transfer per epoch: the index batches, each split over the devices.
       tr = np.stack([input_pipeline.epoch_batches(k, n_train, b, 2 * epoch)[:steps]
                      for k in order_keys], axis=1)  # [steps, seeds, batch]
@@ -640,7 +650,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 "compilations": now[0] - compiled_before[0],  # during this epoch
                 "compile_s": round(now[1] - compiled_before[1], 3)}
       timing["step_time_s"] = round((timing["epoch_time_s"] - timing["compile_s"]) / steps, 4)
-      compiled_before = now
       summaries = [dict(summary, **timing) for summary in summaries]
       if config.rebuild_wiped and epoch + 1 < config.epochs:
         rebuilt, state, dropped = rebuild(search, state)
