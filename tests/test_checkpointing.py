@@ -12,7 +12,7 @@ def _abstract(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-def test_saved_buffers_may_be_donated_before_the_write_finishes(tmp_path):
+def test_saved_buffers_may_be_donated_once_save_returns(tmp_path):
   # The loop donates the state to the next step right after `save` returns.
   mngr = checkpointing.manager(str(tmp_path))
   state = {"w": jnp.arange(200_000, dtype=jnp.float32), "m": {"mask": jnp.array([True, False])}}
