@@ -10,6 +10,37 @@ from xnas_jax import arch as arch_lib
 from xnas_jax import hypergrad, train
 
 
+def _loop_correction_and_reference(config, state, reference):
+  """The loop's jitted correction on one train and one val batch of ``state``,
+  and ``reference(loss, weights, a, train_batch, val_batch) - first_order``
+  computed directly on the same loss (``a``: ``u`` for XNAS, else the logits)."""
+  search = train.build_search(config)
+  fns = train.make_functions(search)
+  d, b = search.data, config.batch_size
+  x, y = jnp.asarray(d.train.images[:b]), jnp.asarray(d.train.labels[:b])
+  xv, yv = jnp.asarray(d.val.images[:b]), jnp.asarray(d.val.labels[:b])
+  masks = train.live_masks(search, state)
+  key = jax.random.key(3)
+  _, _, gv, gu, _ = fns["grads"](state["params"], state["batch_stats"],
+                                 fns["full_weights"](state["arch"], masks, key, b), masks, xv, yv,
+                                 key)
+  corr = fns["correction"](state["params"], state["batch_stats"], state["arch"], masks, (x, y),
+                           (xv, yv), gv, gu, key, state["step"])
+  mixture = config.arch_optimizer.name == "xnas"
+
+  def loss(p, a, batch):
+    u = a if mixture else arch_lib.mixture_weights(a, masks)
+    logits, _ = search.net.apply({"params": p, "batch_stats": state["batch_stats"]}, batch[0], u,
+                                 masks, train=True, rng=key)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
+
+  a0 = arch_lib.mixture_weights(state["arch"], masks) if mixture else state["arch"]
+  expect = jax.jit(lambda p, a: jax.tree.map(
+      jnp.subtract, reference(loss, p, a, (x, y), (xv, yv)),
+      hypergrad.first_order(loss, p, a, (xv, yv))))(state["params"], a0)
+  return corr, expect
+
+
 def test_amended_search_runs_and_its_correction_is_bi_et_al_eq_7(tmp_path):
   config = tiny_config(arch_gradient="amended", epochs=1)
   config.hypergrad.coefficient = 0.5
@@ -19,29 +50,9 @@ def test_amended_search_runs_and_its_correction_is_bi_et_al_eq_7(tmp_path):
 
   # The search's correction (which reuses the gradient program's summed-loss
   # weight gradient) equals amended(...) - first_order(...) on the same loss.
-  search = train.build_search(config)
-  fns = train.make_functions(search)
-  state = result["state"]
-  d, b = search.data, config.batch_size
-  x, y = jnp.asarray(d.train.images[:b]), jnp.asarray(d.train.labels[:b])
-  xv, yv = jnp.asarray(d.val.images[:b]), jnp.asarray(d.val.labels[:b])
-  masks = train.live_masks(search, state)
-  key = jax.random.key(3)
-  u = arch_lib.mixture_weights(state["arch"], masks)
-  _, _, gv, gu, _ = fns["grads"](state["params"], state["batch_stats"],
-                                 fns["full_weights"](state["arch"], masks, key, b), masks, xv, yv,
-                                 key)
-  corr = fns["correction"](state["params"], state["batch_stats"], state["arch"], masks, (x, y),
-                           (xv, yv), gv, gu, key, state["step"])
-
-  def loss(p, u, batch):
-    logits, _ = search.net.apply({"params": p, "batch_stats": state["batch_stats"]}, batch[0], u,
-                                 masks, train=True, rng=key)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
-
-  expect = jax.jit(lambda p, u: jax.tree.map(
-      jnp.subtract, hypergrad.amended(loss, loss, p, u, (x, y), (xv, yv), coefficient=0.5),
-      hypergrad.first_order(loss, p, u, (xv, yv))))(state["params"], u)
+  corr, expect = _loop_correction_and_reference(
+      config, result["state"],
+      lambda loss, p, u, tr, va: hypergrad.amended(loss, loss, p, u, tr, va, coefficient=0.5))
   for t in ("normal", "reduce"):
     assert float(jnp.abs(corr[t]).max()) > 0
     np.testing.assert_allclose(corr[t], expect[t], rtol=1e-3, atol=1e-6)
@@ -55,34 +66,13 @@ def test_darts_second_order_correction_is_the_unrolled_gradient_minus_first_orde
   config = tiny_config(arch_gradient="darts_second_order")
   config.arch_optimizer.name = arch_optimizer
   config.hypergrad.inner_lr = 0.05
-  search = train.build_search(config)
-  fns = train.make_functions(search)
-  state = train.init_state(search, jax.random.key(0))
+  state = train.init_state(train.build_search(config), jax.random.key(0))
   state["arch"] = jax.tree.map(  # away from uniform, so the softmax's Jacobian matters
       lambda a: a + jax.random.normal(jax.random.key(5), a.shape), state["arch"])
-  d, b = search.data, config.batch_size
-  x, y = jnp.asarray(d.train.images[:b]), jnp.asarray(d.train.labels[:b])
-  xv, yv = jnp.asarray(d.val.images[:b]), jnp.asarray(d.val.labels[:b])
-  masks = train.live_masks(search, state)
-  key = jax.random.key(3)
-  _, _, gv, gu, _ = fns["grads"](state["params"], state["batch_stats"],
-                                 fns["full_weights"](state["arch"], masks, key, b), masks, xv, yv,
-                                 key)
-  corr = fns["correction"](state["params"], state["batch_stats"], state["arch"], masks, (x, y),
-                           (xv, yv), gv, gu, key, state["step"])
-  mixture = arch_optimizer == "xnas"
-
-  def loss(p, a, batch):
-    u = a if mixture else arch_lib.mixture_weights(a, masks)
-    logits, _ = search.net.apply({"params": p, "batch_stats": state["batch_stats"]}, batch[0], u,
-                                 masks, train=True, rng=key)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
-
-  a0 = arch_lib.mixture_weights(state["arch"], masks) if mixture else state["arch"]
-  expect = jax.jit(lambda p, a: jax.tree.map(
-      jnp.subtract,
-      hypergrad.darts_second_order(loss, loss, p, a, (x, y), (xv, yv), inner_lr=0.05),
-      hypergrad.first_order(loss, p, a, (xv, yv))))(state["params"], a0)
+  corr, expect = _loop_correction_and_reference(
+      config, state,
+      lambda loss, p, a, tr, va: hypergrad.darts_second_order(loss, loss, p, a, tr, va,
+                                                              inner_lr=0.05))
   for t in ("normal", "reduce"):
     assert float(jnp.abs(corr[t]).max()) > 0
     np.testing.assert_allclose(corr[t], expect[t], rtol=1e-3, atol=1e-6)

@@ -25,10 +25,11 @@ def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
          meta: dict[str, Any] | None = None) -> None:
   """Saves ``state`` and ``meta`` as ``step`` and waits until it is on disk.
 
-  Synchronous on purpose: with the files written in the background, a test
-  run on 8 host devices and 2 cores once died in XLA:CPU's all-reduce
-  rendezvous (40 s timeout) of the next step.  A checkpoint only becomes the
-  latest once it is complete, so a crash keeps the previous one.
+  Synchronous on purpose: while a background write was in flight, a test run
+  on 8 host devices and 2 cores once died in XLA:CPU's all-reduce rendezvous
+  (40 s timeout) of the next step (the cause is not established).  A
+  checkpoint only becomes the latest once it is complete, so a crash keeps
+  the previous one.
   """
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta or {})))

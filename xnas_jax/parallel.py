@@ -65,9 +65,8 @@ def shard_batches(batches: np.ndarray, mesh: Mesh) -> list[jax.Array]:
   each batch split over them.
 
   All steps move in one ``device_put`` (once per epoch); the loop then hands
-  the step's array to the jitted step as it is.  (Indexing one device array
-  of all steps instead would run an eager slice per step, and on a sharded
-  array compile one slice program per step index.)
+  the step's array to the jitted step as it is, with no eager indexing (a
+  gather on the devices) per step.
   """
   if batches.shape[-1] % mesh.size:
     raise ValueError(f"batch_size {batches.shape[-1]} is not divisible by the {mesh.size} devices")

@@ -358,6 +358,16 @@ def make_functions(search: Search) -> dict[str, Callable]:
 
   schedule = weight_schedule(cfg.weight_optimizer, search.steps_per_epoch * cfg.epochs)
 
+  def shared_gradient(g_u):
+    """Per-copy summed-loss gradients ``[R, B, E, N]`` -> the gradient of the
+    batch's mean loss w.r.t. the shared ``u`` ``[E, N]``."""
+    return {t: jnp.sum(g_u[t], axis=(0, 1)) / g_u[t].shape[1] for t in CELL_TYPES}
+
+  def pull_back(arch, masks, g_shared, key=None):
+    """A gradient w.r.t. ``u`` pulled back through ``search.mixture`` to ``arch``."""
+    _, vjp = jax.vjp(lambda a: search.mixture(a, masks, key), arch)
+    return vjp(g_shared)[0]
+
   def correction(params, batch_stats, arch, masks, train_batch, val_batch, val_weight_grad,
                  val_g_u, rng, step):
     """What ``config.arch_gradient`` adds to the first-order gradient of the
@@ -370,11 +380,10 @@ def make_functions(search: Search) -> dict[str, Callable]:
     instead of computing it again.
     """
     mixture = search.gradient_wrt == optim.GRADIENT_WRT_MIXTURE
-    a0 = arch_lib.mixture_weights(arch, masks) if mixture else arch
-    to_mixture = lambda a: a if mixture else arch_lib.mixture_weights(a, masks)
+    a0 = search.mixture(arch, masks) if mixture else arch
 
     def loss(p, a, batch):
-      u = to_mixture(a)
+      u = a if mixture else search.mixture(a, masks)
       logits, _ = net.apply({"params": p, "batch_stats": batch_stats}, batch[0], u, masks,
                             train=True, rng=rng)
       return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
@@ -386,10 +395,8 @@ def make_functions(search: Search) -> dict[str, Callable]:
     if cfg.arch_gradient == "implicit":
       return hypergrad.implicit_term(loss, params, a0, train_batch, v, **opts)
     h = hypergrad.darts_second_order(loss, loss, params, a0, train_batch, val_batch, **opts)
-    b = val_batch[1].shape[0]
-    g_u = {t: jnp.sum(val_g_u[t], axis=(0, 1)).astype(jnp.float32) / b for t in CELL_TYPES}
-    _, vjp = jax.vjp(to_mixture, a0)
-    (first_order,) = vjp(g_u)  # dL_val(w, a)/da, from the gradient program's rewards
+    g_u = shared_gradient(val_g_u)  # dL_val(w, a)/du, from the gradient program
+    first_order = g_u if mixture else pull_back(arch, masks, g_u)
     return jax.tree.map(jnp.subtract, h, first_order)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -397,7 +404,6 @@ def make_functions(search: Search) -> dict[str, Callable]:
     """``corr`` (mean-loss scale, shared ``u``) is split evenly over the
     ``R x B`` copies: the copies' rewards then sum to the batch's hypergradient.
     ``key`` is the one ``full_weights`` drew ``u`` with (DrNAS's sample)."""
-    b = next(iter(g_u.values())).shape[1]
     if corr is None:
       corr = {t: jnp.zeros(g_u[t].shape[2:], g_u[t].dtype) for t in CELL_TYPES}
     if search.gradient_wrt == optim.GRADIENT_WRT_MIXTURE:
@@ -407,11 +413,9 @@ def make_functions(search: Search) -> dict[str, Callable]:
                                  acfg.grad_bound), axis=(0, 1))
              for t in CELL_TYPES}
       else:
-        g = {t: jnp.sum(g_u[t], axis=(0, 1)) / b + corr[t] for t in CELL_TYPES}
+        g = jax.tree.map(jnp.add, shared_gradient(g_u), corr)
     else:
-      g_shared = {t: jnp.sum(g_u[t], axis=(0, 1)) / b for t in CELL_TYPES}
-      _, vjp = jax.vjp(lambda a: search.mixture(a, masks, key), arch)
-      (g,) = vjp(g_shared)
+      g = pull_back(arch, masks, shared_gradient(g_u), key)
       g_reg = jax.grad(search.arch_regularizer)(arch)
       g = jax.tree.map(lambda a, b, c: a + b + c, g, corr, g_reg)
     updates, arch_opt_state = search.arch_tx.update(g, arch_opt_state, arch)
