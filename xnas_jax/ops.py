@@ -12,6 +12,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 _BN_MOMENTUM = 0.9
 _BN_EPS = 1e-5
@@ -46,6 +47,86 @@ class ReLUConvBN(nn.Module):
     return batch_norm(self.affine, train)(x)
 
 
+# How a depthwise convolution is computed (``depthwise_conv``):
+#   "shifted": k*k strided slices of the padded input, each times one kernel
+#     tap, summed (elementwise work XLA fuses; fast on XLA:CPU);
+#   "grouped": lax.conv_general_dilated with feature_group_count = C;
+#   "dense":   a plain conv with the block-diagonal kernel eye(C) * w;
+#   "auto":    the measured choice for the backend (``DEPTHWISE_AUTO``).
+DEPTHWISE_IMPLS = ("auto", "shifted", "grouped", "dense")
+# benchmarks/depthwise_conv.py, XLA:CPU, forward + backward at the CIFAR-10
+# supernet's shapes, as a fraction of the grouped conv's time: 3x3 kernels
+# dense 0.12-0.65 (shifted 0.27-0.68), 5x5 kernels shifted 0.07-0.19 (dense
+# 0.18-0.72).  GPU and TPU keep the grouped conv until measured there.
+DEPTHWISE_AUTO = {"cpu": {3: "dense", 5: "shifted"}}
+
+
+def resolve_depthwise_impl(impl: str, kernel_size: int, backend: str | None = None) -> str:
+  """The implementation ``impl`` names ("auto": the backend's measured choice
+  for this kernel size, ``DEPTHWISE_AUTO``; the grouped conv where none is
+  recorded)."""
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f"unknown depthwise_impl {impl!r}; expected one of {list(DEPTHWISE_IMPLS)}")
+  if impl != "auto":
+    return impl
+  return DEPTHWISE_AUTO.get(backend or jax.default_backend(), {}).get(kernel_size, "grouped")
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
+                   padding: int = 0, impl: str = "auto") -> jax.Array:
+  """``y[b, i, j, c] = sum_{p, q} x_pad[b, s i + d p, s j + d q, c] w[p, q, c]``.
+
+  A depthwise (one filter per channel) convolution, NHWC, symmetric zero
+  padding; the three implementations compute the same function (tested to
+  float tolerance, values and gradients).
+
+  Args:
+    x: ``[B, H, W, C]``.
+    kernel: ``[k, k, 1, C]`` (Flax's grouped-conv kernel layout).
+    stride, dilation, padding: ``s``, ``d`` and the pad on each side.
+    impl: one of ``DEPTHWISE_IMPLS``.
+  """
+  kh, kw, _, c = kernel.shape
+  impl = resolve_depthwise_impl(impl, kh)
+  kernel = kernel.astype(x.dtype)
+  if impl == "grouped" or impl == "dense":
+    if impl == "dense":
+      kernel = kernel * jnp.eye(c, dtype=x.dtype)  # [k, k, C, C], block diagonal
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c if impl == "grouped" else 1)
+  b, h, w, _ = x.shape
+  ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+  wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  out = None
+  for p in range(kh):
+    for q in range(kw):
+      start = (0, p * dilation, q * dilation, 0)
+      limit = (b, start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1, c)
+      term = lax.slice(xp, start, limit, (1, stride, stride, 1)) * kernel[p, q, 0]
+      out = term if out is None else out + term
+  return out
+
+
+class DepthwiseConv(nn.Module):
+  """A depthwise k x k convolution without bias; its kernel is ``[k, k, 1, C]``
+  under the name ``kernel``, as ``nn.Conv(C, feature_group_count=C)`` has it."""
+  kernel_size: int
+  stride: int = 1
+  dilation: int = 1
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel_size, self.kernel_size, 1, c), jnp.float32)
+    p = self.dilation * (self.kernel_size - 1) // 2
+    return depthwise_conv(x, kernel, self.stride, self.dilation, p, self.impl)
+
+
 class DilConv(nn.Module):
   """ReLU -> depthwise Conv(k, stride, dilation) -> Conv 1x1 -> BN."""
   features: int
@@ -53,16 +134,15 @@ class DilConv(nn.Module):
   stride: int = 1
   dilation: int = 2
   affine: bool = False
+  depthwise_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    c_in = x.shape[-1]
-    p = self.dilation * (self.kernel_size - 1) // 2
     x = nn.relu(x)
-    x = nn.Conv(c_in, (self.kernel_size,) * 2, (self.stride,) * 2,
-                padding=((p, p), (p, p)), kernel_dilation=(self.dilation,) * 2,
-                feature_group_count=c_in, use_bias=False)(x)
-    x = nn.Conv(self.features, (1, 1), use_bias=False)(x)
+    # Named as nn.Conv would be, so that the variables keep their paths.
+    x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, self.depthwise_impl,
+                      name="Conv_0")(x)
+    x = nn.Conv(self.features, (1, 1), use_bias=False, name="Conv_1")(x)
     return batch_norm(self.affine, train)(x)
 
 
@@ -72,12 +152,14 @@ class SepConv(nn.Module):
   kernel_size: int
   stride: int = 1
   affine: bool = False
+  depthwise_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     c_in = x.shape[-1]
-    x = DilConv(c_in, self.kernel_size, self.stride, 1, self.affine)(x, train)
-    return DilConv(self.features, self.kernel_size, 1, 1, self.affine)(x, train)
+    x = DilConv(c_in, self.kernel_size, self.stride, 1, self.affine, self.depthwise_impl)(x, train)
+    return DilConv(self.features, self.kernel_size, 1, 1, self.affine,
+                   self.depthwise_impl)(x, train)
 
 
 class FactorizedReduce(nn.Module):
@@ -151,8 +233,9 @@ class Noise(nn.Module):
 
 
 def make_op(name: str, channels: int, stride: int, affine: bool = False,
-            pool_bn: bool = True) -> nn.Module:
+            pool_bn: bool = True, depthwise_impl: str = "auto") -> nn.Module:
   """Returns the Flax module of operation ``name`` mapping C -> C channels."""
+  dw = depthwise_impl
   factories: dict[str, Callable[[], nn.Module]] = {
       "none": lambda: Zero(stride),
       "noise": lambda: Noise(stride),
@@ -160,10 +243,10 @@ def make_op(name: str, channels: int, stride: int, affine: bool = False,
       "avg_pool_3x3": lambda: Pool("avg", stride, pool_bn),
       "skip_connect": lambda: (Identity() if stride == 1
                                else FactorizedReduce(channels, affine)),
-      "sep_conv_3x3": lambda: SepConv(channels, 3, stride, affine),
-      "sep_conv_5x5": lambda: SepConv(channels, 5, stride, affine),
-      "dil_conv_3x3": lambda: DilConv(channels, 3, stride, 2, affine),
-      "dil_conv_5x5": lambda: DilConv(channels, 5, stride, 2, affine),
+      "sep_conv_3x3": lambda: SepConv(channels, 3, stride, affine, dw),
+      "sep_conv_5x5": lambda: SepConv(channels, 5, stride, affine, dw),
+      "dil_conv_3x3": lambda: DilConv(channels, 3, stride, 2, affine, dw),
+      "dil_conv_5x5": lambda: DilConv(channels, 5, stride, 2, affine, dw),
   }
   if name not in factories:
     raise ValueError(f"unknown operation {name!r}; expected one of {sorted(factories)}")
