@@ -8,7 +8,11 @@ op set, 8 cells, C = 16, batch 96) on synthetic 32x32 data, for
 * DARTS first order (Adam on the logits);
 * XNAS with the amended hypergradient (Bi et al.);
 * XNAS in bfloat16 compute mode;
-* K seeds vmapped into one program (``num_seeds = K``; images/s counts all K).
+* K seeds vmapped into one program (``num_seeds = K``; images/s counts all K);
+* with ``--vs-torch``, the same two searches in PyTorch on the same network
+  (``benchmarks/torch_search.py``: ``torch_darts``, DARTS's first-order step
+  with the DARTS op set; ``torch_xnas``, XNAS's step with per-example rewards),
+  and the JAX/PyTorch speed ratios of the pairs measured in this run.
 
 Each row runs in its own process (so that compilation caches and the memory
 high-water mark start fresh): it times ``--steps`` search steps after one
@@ -22,6 +26,7 @@ at this batch size), the unit the papers report (XNAS: 8.5 min on a GTX
   python benchmarks/search_step.py                         # the paper's config
   python benchmarks/search_step.py --batch 8 --steps 2     # a CPU-sized run
   python benchmarks/search_step.py --json /tmp/search_step.json
+  python benchmarks/search_step.py --batch 4 --steps 3 --rows xnas darts --vs-torch
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import sys
 import time
 
 ROWS = ("xnas", "xnas_half_wiped", "darts", "xnas_amended", "xnas_bfloat16", "xnas_seeds")
+TORCH_ROWS = {"darts": "torch_darts", "xnas": "torch_xnas"}  # JAX row -> its PyTorch twin
 CIFAR_SEARCH_IMAGES = 25_000
 
 
@@ -44,8 +50,8 @@ def config_for(row: str, args):
   c.augment.pad, c.augment.flip = 4, True
   if args.channels:
     c.channels = args.channels
-  if row == "darts":
-    c.arch_optimizer.name = "darts_adam"
+  if row in ("darts", "torch_darts"):
+    c.arch_optimizer.name, c.op_set = "darts_adam", "darts"  # DARTS's 8 ops, concat output
   elif row == "xnas_amended":
     c.arch_gradient = "amended"
   elif row == "xnas_bfloat16":
@@ -125,6 +131,50 @@ def measure(row: str, args) -> dict:
           "finite": bool(np.isfinite(np.asarray(m)).all())}
 
 
+def measure_torch(row: str, args) -> dict:
+  """The PyTorch twin of a row: same network, weights, batch and config."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch_search  # pylint: disable=import-outside-toplevel
+  from xnas_jax import input_pipeline, train  # pylint: disable=import-outside-toplevel
+  from xnas_jax.search_space import CELL_TYPES  # pylint: disable=import-outside-toplevel
+  config = config_for(row, args)
+  search = train.build_search(config)
+  b = config.batch_size
+  x0 = jax.numpy.zeros((b,) + search.data.image_shape)
+  net = torch_search.Network(search.net, search.data.image_shape[-1])
+  net.load_jax(search.net.init(jax.random.key(config.seed), x0)).train()
+  masks = {t: torch.from_numpy(np.array(m)) for t, m in search.net.default_masks().items()}
+  if row == "torch_darts":
+    runner = torch_search.DartsSearch(net, masks)
+  else:
+    runner = torch_search.XnasSearch(net, masks, search.arch_learning_rates, search.horizons,
+                                     config.arch_optimizer.grad_bound)
+  d = search.data
+
+  def batch(split, i):
+    idx = input_pipeline.epoch_batches(jax.random.key(i), len(split), b, 0)[0]
+    x = input_pipeline.standardize(split.images[idx], d.mean, d.std)
+    return (torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()),
+            torch.from_numpy(np.array(split.labels[idx])).long())
+
+  batches = [batch(d.train, i) + batch(d.val, i + 100) for i in range(args.steps + 1)]
+  t0 = time.perf_counter()
+  runner.step(*batches[0])
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for i in range(args.steps):
+    loss = runner.step(*batches[i + 1])
+  step_s = (time.perf_counter() - t0) / args.steps
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return {"row": row, "platform": "torch-cpu", "device": f"torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", "batch": b, "seeds": 1,
+          "channels": config.channels, "step_s": step_s, "images_per_s": b / step_s,
+          "min_per_cifar_epoch": CIFAR_SEARCH_IMAGES / b * step_s / 60, "peak_bytes": int(peak),
+          "peak_kind": "host RSS", "first_step_s": first, "finite": bool(np.isfinite(float(loss)))}
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=96)
@@ -132,14 +182,20 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--seeds", type=int, default=2, help="K of the vmapped-seeds row")
   ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+  ap.add_argument("--vs-torch", action="store_true",
+                  help="also time the PyTorch twins of the xnas and darts rows")
   ap.add_argument("--json", default="")
   ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one row
   args = ap.parse_args()
   if args.one:
-    print(json.dumps(measure(args.one, args)))
+    run = measure_torch if args.one.startswith("torch_") else measure
+    print(json.dumps(run(args.one, args)))
     return
+  rows = list(args.rows)
+  if args.vs_torch:
+    rows += [TORCH_ROWS[r] for r in args.rows if r in TORCH_ROWS]
   results = []
-  for row in args.rows:
+  for row in rows:
     cmd = [sys.executable, __file__, "--one", row, "--batch", str(args.batch), "--steps",
            str(args.steps), "--seeds", str(args.seeds), "--channels", str(args.channels)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -159,6 +215,15 @@ def main():
           f"| {r['images_per_s']:.1f} | {r['step_s'] * 1e3:.0f} | {r['min_per_cifar_epoch']:.1f} "
           f"| {r['images_per_s'] / base['images_per_s']:.2f} | {r['peak_bytes'] / 2**20:.0f} "
           f"| {r['peak_bytes'] / base['peak_bytes']:.2f} | {r['first_step_s']:.1f} |", flush=True)
+  by_row = {r["row"]: r for r in results}
+  pairs = [(j, t) for j, t in TORCH_ROWS.items() if j in by_row and t in by_row]
+  if pairs:
+    print("\n| search | JAX step ms | PyTorch step ms | JAX speed / PyTorch | JAX peak / PyTorch |")
+    print("|---|---|---|---|---|")
+    for j, t in pairs:
+      rj, rt = by_row[j], by_row[t]
+      print(f"| {j} | {rj['step_s'] * 1e3:.0f} | {rt['step_s'] * 1e3:.0f} "
+            f"| {rt['step_s'] / rj['step_s']:.2f} | {rj['peak_bytes'] / rt['peak_bytes']:.2f} |")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)

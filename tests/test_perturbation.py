@@ -132,3 +132,30 @@ def test_pt_on_a_real_search(arch_optimizer, tmp_path):
                                    rng=jax.random.key(0))
       correct += int(jnp.sum(jnp.argmax(logits, -1) == jnp.asarray(d.val.labels[i:i + b])))
     assert logged == pytest.approx(correct / n, abs=1e-6)
+
+
+def test_pt_edges_where_only_none_is_live_are_ranked_last_and_never_raise():
+  space = get_search_space("darts")
+  _, u, masks, _, _, accuracy, tune, _ = _hand_built("darts", seed=1)
+  none = space.ops.index("none")
+  only_none = [space.edges.index((1, 2)), space.edges.index((0, 3))]
+  for t in CELL_TYPES:
+    for e in only_none:
+      masks[t][e] = False
+      masks[t][e, none] = True
+      u[t][e] = np.where(masks[t][e], 1.0, 0.0)
+  fallback = {t: np.random.default_rng(5).random(u[t].shape) for t in CELL_TYPES}
+  genotype, log = perturbation.select_core(space, u, masks, accuracy, tune, jax.random.key(0),
+                                           fallback=fallback)
+  for t in CELL_TYPES:
+    cell = genotype.edges(t)
+    assert len(cell) == 2 * NUM_NODES and all(op != "none" for op, _ in cell)
+    # Node 2 has only two inputs: the none-only edge from 1 is kept, with the
+    # fallback's strongest op other than none; node 3 drops its none-only edge.
+    e12 = space.edges.index((1, 2))
+    expected = space.ops[int(np.argmax(np.where(np.arange(space.num_ops) != none,
+                                                fallback[t][e12], -np.inf)))]
+    assert cell[1] == (expected, 1)
+    assert 0 not in [src for _, src in cell[2:4]]
+  assert sum(l["phase"] == "fallback" for l in log) == 2
+  assert sum(l["phase"] == "operation" and l["chosen"] is None for l in log) == 4

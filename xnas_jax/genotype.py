@@ -2,8 +2,9 @@
 
 Magnitude selection (DARTS sec. 2.4; XNAS sec. 2.1): for every intermediate
 node keep the two strongest incoming edges, where the strength of an edge is
-``max_i u_i`` over its experts other than ``none``; replace each kept edge by
-its strongest expert other than ``none``.
+``max_i u_i`` over its live experts other than ``none`` and ``u`` is XNAS
+eq. 1's normalization over all experts; replace each kept edge by its
+strongest live expert other than ``none``.
 """
 from __future__ import annotations
 
@@ -61,62 +62,98 @@ class Genotype:
     return self.normal if cell_type == "normal" else self.reduce
 
 
-def _strongest(weights: np.ndarray, ops: Sequence[str], alive: np.ndarray) -> tuple[int, float]:
-  """Index and weight of the strongest live expert other than ``none``."""
-  best, best_w = -1, -np.inf
+def _strongest(weights: np.ndarray, ops: Sequence[str], alive: np.ndarray) -> int:
+  """Index of the strongest expert other than ``none`` among ``alive`` (-1: none);
+  ties go to the lower index."""
+  best = -1
   for i, name in enumerate(ops):
-    if name == "none" or not alive[i]:
-      continue
-    if weights[i] > best_w:
-      best, best_w = i, float(weights[i])
-  return best, best_w
+    if name != "none" and alive[i] and (best < 0 or weights[i] > weights[best]):
+      best = i
+  return best
 
 
 def discretize_cell(weights: np.ndarray, space: SearchSpace, alive: np.ndarray | None = None,
-                    edges_per_node: int = 2) -> tuple[Edge, ...]:
+                    edges_per_node: int = 2, available: np.ndarray | None = None,
+                    notes: list[str] | None = None, cell_type: str = "") -> tuple[Edge, ...]:
   """Magnitude selection for one cell type.
 
+  The strength of an edge is ``max_i u_i`` over its live experts other than
+  ``none`` (XNAS sec. 2.1: "the strength of an edge is defined as max_i u_i"),
+  with ``u_i = v_i / sum_{l=1..N} v_l`` normalized over *all* N experts of the
+  forecaster (XNAS eq. 1), a wiped expert keeping the weight ``v`` it had when
+  it was wiped (Alg. 1 updates only ``i in I_{t-1}``).  Normalizing over the
+  live experts instead would give every edge strength 1 once the final
+  wipeout at ``t = T`` leaves one expert per edge, and the topology would be
+  decided by edge order.
+
+  Every node gets ``edges_per_node`` inputs.  An edge on which only ``none``
+  survived ranks after every edge with a live operation; if such an edge must
+  be kept (the node has too few others), its strongest operation other than
+  ``none`` by ``u`` is taken and a note says so.  Exact ties in strength at
+  the cut, or between the strongest experts of a kept edge, are broken by the
+  lower source (op) index and reported in ``notes``.
+
   Args:
-    weights: ``[num_edges, num_ops]`` mixture weights ``u`` (or any monotone
-      function of them, such as logits).
+    weights: ``[num_edges, num_ops]`` mixture weights ``u`` of eq. 1 (or any
+      monotone function of them shared by all edges, such as logits).
     space: the search space (edge list and op names).
-    alive: ``[num_edges, num_ops]`` bool of experts not wiped out; a wiped
-      expert is never chosen.
+    alive: ``[num_edges, num_ops]`` bool of experts not wiped out.
     edges_per_node: incoming edges kept per node (2 in DARTS).
+    available: ``[num_edges, num_ops]`` bool of the experts the space has
+      (default: all); the fallback for a ``none``-only edge picks among them.
+    notes: if given, receives one line per fallback or tie.
+    cell_type: names the cell in the notes and errors.
 
   Returns:
     ``(op, src)`` pairs, ``edges_per_node`` per node, nodes in order.
   """
   weights = np.asarray(weights, dtype=np.float64)
-  if alive is None:
-    alive = np.ones(weights.shape, bool)
-  alive = np.asarray(alive, bool)
+  available = np.ones(weights.shape, bool) if available is None else np.asarray(available, bool)
+  alive = available if alive is None else np.asarray(alive, bool) & available
+  notes = [] if notes is None else notes
+  where = f"{cell_type} cell " if cell_type else ""
   out: list[Edge] = []
   for j in range(NUM_NODES):
     dst = NUM_INPUTS + j
-    cands = []
+    cands = []  # (rank key, src, op index, edge)
     for k in space.incoming(dst):
-      i, w = _strongest(weights[k], space.ops, alive[k])
+      i = _strongest(weights[k], space.ops, alive[k])
+      live = i >= 0
+      if not live:
+        i = _strongest(weights[k], space.ops, available[k])
       if i >= 0:
-        cands.append((w, space.edges[k][0], space.ops[i]))
+        cands.append(((live, weights[k, i]), space.edges[k][0], i, k))
+    if len(cands) < edges_per_node:
+      raise ValueError(f"node {dst} of the {where}has {len(cands)} incoming edges with an "
+                       f"operation other than 'none'; {edges_per_node} are needed")
     # Strongest first; ties broken by the lower source index (stable sort).
-    cands.sort(key=lambda c: -c[0])
-    kept = sorted(cands[:edges_per_node], key=lambda c: c[1])
-    out.extend((op, src) for _, src, op in kept)
+    cands.sort(key=lambda c: (not c[0][0], -c[0][1]))
+    kept = cands[:edges_per_node]
+    if len(cands) > edges_per_node and cands[edges_per_node - 1][0] == cands[edges_per_node][0]:
+      notes.append(f"tie: node {dst} of the {where}edges from {cands[edges_per_node - 1][1]} and "
+                   f"{cands[edges_per_node][1]} are equally strong; kept the lower source")
+    for key, src, i, k in kept:
+      if not key[0]:
+        notes.append(f"node {dst} of the {where}edge from {src}: only 'none' survived; kept "
+                     f"its strongest other operation {space.ops[i]} to give the node "
+                     f"{edges_per_node} inputs")
+      elif np.sum(alive[k] & (weights[k] == weights[k, i])
+                  & np.array([o != "none" for o in space.ops])) > 1:
+        notes.append(f"tie: node {dst} of the {where}edge from {src}: several operations share "
+                     f"the largest weight; kept {space.ops[i]}")
+    out.extend((space.ops[i], src) for _, src, i, _ in sorted(kept, key=lambda c: c[1]))
   return tuple(out)
 
 
 def discretize(weights: dict[str, np.ndarray], space: SearchSpace,
-               alive: dict[str, np.ndarray] | None = None) -> Genotype:
+               alive: dict[str, np.ndarray] | None = None,
+               notes: list[str] | None = None) -> Genotype:
   """Magnitude selection of both cell types; see ``discretize_cell``."""
   cells = {}
   for t in CELL_TYPES:
     a = None if alive is None else np.asarray(alive[t], bool)
-    if a is None:
-      a = space.available_mask(t)
-    else:
-      a = a & space.available_mask(t)
-    cells[t] = discretize_cell(np.asarray(weights[t]), space, a)
+    cells[t] = discretize_cell(np.asarray(weights[t]), space, a,
+                               available=space.available_mask(t), notes=notes, cell_type=t)
   concat = tuple(range(NUM_INPUTS, NUM_INPUTS + NUM_NODES))
   return Genotype(cells["normal"], concat, cells["reduce"], concat)
 

@@ -42,6 +42,8 @@ def run(argv: list[str] | None = None) -> None:
     _fail(f"{e}; the last good checkpoint is in {os.path.join(_WORKDIR.value, 'checkpoints')}",
           status=1)
   s = result["summary"]
+  for note in s.get("selection_notes", []):
+    print(f"selection: {note}")
   print(f"supernet test accuracy: {s['supernet_test_acc']:.4f}")
   print("genotype:")
   print(result["genotype"].to_json())

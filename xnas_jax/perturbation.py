@@ -87,8 +87,16 @@ Tune = Callable[[Weights, Weights], None]
 
 
 def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accuracy, tune: Tune,
-                key: jax.Array) -> tuple[Genotype, list[dict[str, Any]]]:
+                key: jax.Array, fallback: Weights | None = None,
+                ) -> tuple[Genotype, list[dict[str, Any]]]:
   """Alg. 2 given the supernet as two callables.
+
+  An edge on which only ``none`` is live has no operation to perturb: the
+  operation phase logs it and moves on, and the topology phase ranks it after
+  every other incoming edge of its node, so it is kept only when the node
+  has no two others; it then takes its strongest operation other than
+  ``none`` by ``fallback`` (XNAS eq. 1's weights over all experts), as
+  magnitude selection does, and the log says so.  Every node gets two inputs.
 
   Args:
     space: the search space.
@@ -97,6 +105,7 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
       live experts.
     tune: fine-tunes the supernet (in place) under given weights and experts.
     key: orders the edges and the nodes.
+    fallback: the weights that choose the op of a ``none``-only edge (default ``u``).
 
   Returns:
     The genotype and a log: one entry per decision, with the accuracies that
@@ -111,7 +120,10 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
     pu, pm = proj.apply(u, masks)
     cands = [o for o in range(space.num_ops) if pm[t][e, o] and space.ops[o] != "none"]
     if not cands:
-      raise ValueError(f"edge {space.edges[e]} of the {t} cell has no live operation to select")
+      log.append({"phase": "operation", "cell": t, "edge": list(space.edges[e]),
+                  "acc_without": {}, "chosen": None,
+                  "note": "only 'none' is live: ranked last in the topology phase"})
+      continue
     accs = {space.ops[o]: accuracy(*removed(pu, pm, t, (e, o))) for o in cands}
     best = min(cands, key=lambda o: accs[space.ops[o]])  # removal hurts most
     proj.choice[t][e] = best
@@ -126,13 +138,23 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
       continue
     pu, pm = proj.apply(u, masks)
     accs = {e: accuracy(*removed(pu, pm, t, e)) for e in incoming}
-    keep = sorted(incoming, key=lambda e: accs[e])[:2]
+    keep = sorted(incoming, key=lambda e: (proj.choice[t][e] < 0, accs[e]))[:2]
     for e in incoming:
       proj.kept[t][e] = e in keep
     log.append({"phase": "topology", "cell": t, "node": dst,
                 "acc_without": {str(space.edges[e][0]): a for e, a in accs.items()},
                 "kept_inputs": sorted(space.edges[e][0] for e in keep)})
     tune(*proj.apply(u, masks))
+  fallback = u if fallback is None else fallback
+  for t in CELL_TYPES:
+    for e in range(space.num_edges):
+      if proj.kept[t][e] and proj.choice[t][e] < 0:
+        avail = space.available_mask(t)[e] & (np.asarray(space.ops) != "none")
+        proj.choice[t][e] = int(np.argmax(np.where(avail, fallback[t][e], -np.inf)))
+        log.append({"phase": "fallback", "cell": t, "edge": list(space.edges[e]),
+                    "chosen": space.ops[proj.choice[t][e]],
+                    "note": "only 'none' was live on this edge and its node needed it: "
+                            "its strongest other operation by weight"})
   return genotype_of(space, proj), log
 
 
@@ -142,6 +164,9 @@ def genotype_of(space: SearchSpace, proj: Projection) -> Genotype:
     edges = []
     for j in range(NUM_NODES):
       kept = [e for e in space.incoming(NUM_INPUTS + j) if proj.kept[t][e]]
+      if len(kept) != 2:
+        raise ValueError(f"node {NUM_INPUTS + j} of the {t} cell has {len(kept)} inputs "
+                         "after selection; 2 are needed")
       kept = sorted(kept, key=lambda e: space.edges[e][0])
       edges.extend((space.ops[int(proj.choice[t][e])], space.edges[e][0]) for e in kept)
     cells[t] = tuple(edges)
@@ -219,7 +244,8 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
                                                            tuned["opt_state"], g_params)
         tuned["batch_stats"] = stats
 
-  genotype, log = select_core(net.space, u0, masks0, accuracy, tune, k_order)
+  genotype, log = select_core(net.space, u0, masks0, accuracy, tune, k_order,
+                              fallback=train.selection_weights(search, state))
   return genotype, log, dict(state, params=tuned["params"], batch_stats=tuned["batch_stats"])
 
 

@@ -150,6 +150,7 @@ class Search:
   arch_learning_rates: dict[str, float]
   rewards_per_step: dict[str, int]
   horizons: dict[str, int]  # T per cell type (XNAS only; empty otherwise)
+  reward_bounds: dict[str, float] = dataclasses.field(default_factory=dict)  # L per cell type (XNAS)
 
   def mixture(self, arch: PyTree, masks: dict[str, jax.Array],
               key: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -209,20 +210,27 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
   net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells)
   steps = min(len(data.train), len(data.val)) // b
   acfg = config.arch_optimizer
-  rates, per_step, horizons = {}, {}, {}
+  rates, per_step, horizons, bounds = {}, {}, {}, {}
   if acfg.name == "xnas":
     per_example = acfg.per_example_rewards
     txs = {}
     for t in CELL_TYPES:
       r = net.replicas[t]
+      # Sec. 3.1: one round per validation example and cell replica, each
+      # reward bounded by L (T_c = d E r_c).  The batch-mean fallback plays one
+      # round per step whose reward sums r_c replicas' batch means: T_c = steps
+      # x epochs, bounded by r_c L.
       per_step[t] = b * r if per_example else 1
+      bounds[t] = acfg.grad_bound if per_example else acfg.grad_bound * max(r, 1)
       horizon = horizons[t] = (optim.search_horizon(steps * b, config.epochs, r)
                                if per_example else steps * config.epochs)
-      n = space.num_ops
+      # N of eq. 4: the experts each forecaster of this cell type has (2 per
+      # edge in space S1, not the 7 of the op set).
+      n = int(space.available_mask(t).sum(axis=1).max())
       lr = acfg.get(f"learning_rate_{t}", None)
       rates[t] = float(lr) if lr is not None else optim.regret_optimal_learning_rate(
-          n, max(horizon, 1), acfg.grad_bound)
-      txs[t] = optim.xnas(rates[t], acfg.grad_bound, horizon, acfg.zeta, per_step[t],
+          n, max(horizon, 1), bounds[t])
+      txs[t] = optim.xnas(rates[t], bounds[t], horizon, acfg.zeta, per_step[t],
                           initial_mask=net.default_masks()[t])
     arch_tx = optax.multi_transform(txs, {t: t for t in CELL_TYPES})
     wrt = optim.GRADIENT_WRT_MIXTURE
@@ -236,7 +244,7 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
     arch_tx = optim.gd_softmax(acfg.learning_rate)
     wrt = optim.GRADIENT_WRT_LOGITS
   return Search(config, net, data, weight_optimizer(config.weight_optimizer, steps * config.epochs),
-                arch_tx, wrt, steps, rates, per_step, horizons)
+                arch_tx, wrt, steps, rates, per_step, horizons, bounds)
 
 
 def init_state(search: Search, key: jax.Array) -> PyTree:
@@ -494,7 +502,10 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
     out[f"built_ops_{t}"] = len(search.net.built_ops(t))
   out.update(wipeout_gaps(search, state))
-  out["genotype"] = _discretize(search, u, masks).to_dict()  # what a stop here would give
+  notes: list[str] = []
+  out["genotype"] = genotype_of(search, state, notes).to_dict()  # what a stop here would give
+  if notes:
+    out["selection_notes"] = notes
   return out
 
 
@@ -512,20 +523,26 @@ def wipeout_gaps(search: Search, state: PyTree) -> dict[str, float]:
     t = next((p.key for p in path if getattr(p, "key", None) in CELL_TYPES), None)
     if t is not None:
       remaining = max(search.horizons[t] - int(count), 0)
-      out[f"wipeout_gap_{t}"] = (2.0 * search.arch_learning_rates[t] * acfg.grad_bound
+      out[f"wipeout_gap_{t}"] = (2.0 * search.arch_learning_rates[t] * search.reward_bounds[t]
                                  * remaining * acfg.zeta)
   return out
 
 
-def genotype_of(search: Search, state: PyTree) -> genotype_lib.Genotype:
+def selection_weights(search: Search, state: PyTree) -> dict[str, np.ndarray]:
+  """The ``u`` that magnitude selection reads edge strengths from: XNAS eq. 1,
+  ``u_i = v_i / sum_{l=1..N} v_l`` over every expert the space has, wiped ones
+  with the weight they had when wiped (see ``genotype.discretize_cell``)."""
+  u = search.mixture(state["arch"], search.net.default_masks())
+  return {t: np.asarray(u[t]) for t in CELL_TYPES}
+
+
+def genotype_of(search: Search, state: PyTree,
+                notes: list[str] | None = None) -> genotype_lib.Genotype:
+  """Magnitude selection: the strongest live expert of the two strongest edges
+  per node; fallbacks and ties are appended to ``notes``."""
   masks = live_masks(search, state)
-  return _discretize(search, search.mixture(state["arch"], masks), masks)
-
-
-def _discretize(search: Search, u: dict[str, jax.Array],
-                masks: dict[str, jax.Array]) -> genotype_lib.Genotype:
-  return genotype_lib.discretize({t: np.asarray(u[t]) for t in CELL_TYPES}, search.net.space,
-                                 {t: np.asarray(masks[t]) for t in CELL_TYPES})
+  return genotype_lib.discretize(selection_weights(search, state), search.net.space,
+                                 {t: np.asarray(masks[t]) for t in CELL_TYPES}, notes)
 
 
 def check_finite(step_metrics: np.ndarray, first_step: int) -> None:
@@ -681,8 +698,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   for k, s in enumerate(searches):
     one = seed_state(state, k)
     suffix = "" if num_seeds == 1 else f"_seed{configs[k].seed}"
-    genotype = genotype_of(s, one)
-    extra = {}
+    notes: list[str] = []
+    genotype = genotype_of(s, one, notes)
+    extra = {"selection_notes": notes} if notes else {}
     if config.selection == "perturbation":
       extra["magnitude_genotype"] = genotype.to_dict()
       _write(workdir, f"genotype_magnitude{suffix}.json", genotype.to_json())
