@@ -48,7 +48,7 @@ def test_depthwise_impls_agree_in_value_and_gradient(hw, c, k, d, s):
 
 
 def test_auto_is_the_recorded_choice_and_bad_names_are_refused():
-  assert ops.resolve_depthwise_impl("auto", 3, "cpu") == "dense"
+  assert ops.resolve_depthwise_impl("auto", 3, "cpu") == "shifted"
   assert ops.resolve_depthwise_impl("auto", 5, "cpu") == "shifted"
   assert ops.resolve_depthwise_impl("auto", 5, "gpu") == "grouped"
   assert ops.resolve_depthwise_impl("shifted", 3, "gpu") == "shifted"

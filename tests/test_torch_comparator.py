@@ -46,7 +46,7 @@ def test_same_logits_and_architecture_gradients(op_set):
   tnet = torch_search.Network(net, 3).load_jax(variables).train()
   tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
   ty = torch.from_numpy(np.array(y)).long()
-  t_alphas = {t: torch.from_numpy(np.asarray(alphas[t])).requires_grad_() for t in CELL_TYPES}
+  t_alphas = {t: torch.from_numpy(np.array(alphas[t])).requires_grad_() for t in CELL_TYPES}
   t_masks = {t: torch.from_numpy(np.asarray(masks[t])) for t in CELL_TYPES}
   t_u = {t: torch_search.masked_softmax(t_alphas[t], t_masks[t]) for t in CELL_TYPES}
   t_full = {t: v.detach().clone().requires_grad_()

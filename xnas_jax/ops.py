@@ -31,6 +31,27 @@ def batch_norm(affine: bool, train: bool, name: str | None = None) -> nn.BatchNo
                       epsilon=_BN_EPS, use_scale=affine, use_bias=affine, name=name)
 
 
+class Pointwise(nn.Module):
+  """A 1x1 convolution without bias (``stride`` subsamples first), computed as
+  a matrix product over the channels.
+
+  Its kernel is ``[1, 1, C_in, C_out]`` under the name ``kernel``, as
+  ``nn.Conv(features, (1, 1))`` has it.  XLA:CPU runs a dot several times
+  faster than a 1x1 convolution inside the supernet's ``lax.scan`` over edges
+  (``benchmarks/op_profile.py``); on a GPU both are one GEMM.
+  """
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (1, 1, x.shape[-1], self.features), jnp.float32)
+    if self.stride > 1:
+      x = x[:, ::self.stride, ::self.stride, :]
+    return lax.dot_general(x, kernel[0, 0].astype(x.dtype), (((3,), (0,)), ((), ())))
+
+
 class ReLUConvBN(nn.Module):
   """ReLU -> Conv(k x k, stride) -> BN."""
   features: int
@@ -42,8 +63,11 @@ class ReLUConvBN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     p = (self.kernel_size - 1) // 2
     x = nn.relu(x)
-    x = nn.Conv(self.features, (self.kernel_size,) * 2, (self.stride,) * 2,
-                padding=((p, p), (p, p)), use_bias=False)(x)
+    if self.kernel_size == 1:
+      x = Pointwise(self.features, self.stride, name="Conv_0")(x)
+    else:
+      x = nn.Conv(self.features, (self.kernel_size,) * 2, (self.stride,) * 2,
+                  padding=((p, p), (p, p)), use_bias=False)(x)
     return batch_norm(self.affine, train)(x)
 
 
@@ -57,8 +81,12 @@ DEPTHWISE_IMPLS = ("auto", "shifted", "grouped", "dense")
 # benchmarks/depthwise_conv.py, XLA:CPU, forward + backward at the CIFAR-10
 # supernet's shapes, as a fraction of the grouped conv's time: 3x3 kernels
 # dense 0.12-0.65 (shifted 0.27-0.68), 5x5 kernels shifted 0.07-0.19 (dense
-# 0.18-0.72).  GPU and TPU keep the grouped conv until measured there.
-DEPTHWISE_AUTO = {"cpu": {3: "dense", 5: "shifted"}}
+# 0.18-0.72) when each runs on its own.  Inside the supernet's lax.scan over
+# edges XLA:CPU's convolutions slow down several-fold (14 edges of 3x3: dense
+# 102 ms, shifted 5 ms, unrolled dense 22 ms), so the shifted form is the CPU
+# choice for every kernel size.  GPU and TPU keep the grouped conv until
+# measured there.
+DEPTHWISE_AUTO = {"cpu": {3: "shifted", 5: "shifted"}}
 
 
 def resolve_depthwise_impl(impl: str, kernel_size: int, backend: str | None = None) -> str:
@@ -142,7 +170,7 @@ class DilConv(nn.Module):
     # Named as nn.Conv would be, so that the variables keep their paths.
     x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, self.depthwise_impl,
                       name="Conv_0")(x)
-    x = nn.Conv(self.features, (1, 1), use_bias=False, name="Conv_1")(x)
+    x = Pointwise(self.features, name="Conv_1")(x)
     return batch_norm(self.affine, train)(x)
 
 
@@ -173,8 +201,8 @@ class FactorizedReduce(nn.Module):
       raise ValueError(f"FactorizedReduce needs an even channel count, got {self.features}")
     x = nn.relu(x)
     half = self.features // 2
-    a = nn.Conv(half, (1, 1), (2, 2), padding="VALID", use_bias=False)(x)
-    b = nn.Conv(half, (1, 1), (2, 2), padding="VALID", use_bias=False)(x[:, 1:, 1:, :])
+    a = Pointwise(half, 2, name="Conv_0")(x)
+    b = Pointwise(half, 2, name="Conv_1")(x[:, 1:, 1:, :])
     # For odd sizes the offset branch is one pixel short; pad it at the end.
     dh, dw = a.shape[1] - b.shape[1], a.shape[2] - b.shape[2]
     b = jnp.pad(b, ((0, 0), (0, dh), (0, dw), (0, 0)))

@@ -132,6 +132,9 @@ class SearchCell:
   channels: int
   reduction_prev: bool
   built_ops: tuple[str, ...]  # the ops traced into this cell's mixed op
+  edge_loop: str = "scan"  # "scan": lax.scan over an edge group; "unroll": one trace per edge
+  gate: str = "cond"  # "cond": each expert under lax.cond on its mask bit; "mask": always run
+  depthwise_impl: str = "auto"  # ops.depthwise_conv's implementation
 
   @property
   def reduction(self) -> bool:
@@ -149,7 +152,7 @@ class SearchCell:
     return tuple(groups)
 
   def _op_modules(self, stride: int) -> dict[str, nn.Module]:
-    return {name: ops_lib.make_op(name, self.channels, stride)
+    return {name: ops_lib.make_op(name, self.channels, stride, depthwise_impl=self.depthwise_impl)
             for name in self.built_ops if name != "none"}
 
   def _preprocess(self) -> tuple[nn.Module, nn.Module]:
@@ -259,7 +262,13 @@ class SearchCell:
           del x
           return zeros, dict(v["batch_stats"])
 
-        contrib, new_s[name] = jax.lax.cond(m[i], on, off, x)
+        if self.gate == "cond":
+          contrib, new_s[name] = jax.lax.cond(m[i], on, off, x)
+        else:  # u_i is 0 for a masked expert: it runs and contributes nothing
+          contrib, st = on(x)
+          contrib = jnp.where(m[i], contrib, 0.0)
+          new_s[name] = jax.tree.map(lambda a, b: jnp.where(m[i], a, b), st,
+                                     dict(v["batch_stats"]))
         y = y + contrib
       return y.astype(nodes.dtype), new_s
 
@@ -278,8 +287,18 @@ class SearchCell:
 
     if keys is None:
       keys = jnp.zeros((len(srcs), 2), jnp.uint32)
-    xs = (params, stats, jnp.asarray(srcs), jnp.asarray(dsts), weights, mask, keys)
-    return jax.lax.scan(body, nodes, xs)
+    if self.edge_loop == "scan":
+      xs = (params, stats, jnp.asarray(srcs), jnp.asarray(dsts), weights, mask, keys)
+      return jax.lax.scan(body, nodes, xs)
+    # Unrolled: static sources and destinations, one trace per edge.
+    new_stats = []
+    for pos, (src, dst) in enumerate(zip(srcs.tolist(), dsts.tolist())):
+      take = lambda tree, pos=pos: jax.tree.map(lambda a: a[pos], tree)
+      x = inputs[src] if src < NUM_INPUTS else nodes[src - NUM_INPUTS]
+      y, st = mixed_op(take(params), take(stats), x, weights[pos], mask[pos], keys[pos])
+      nodes = nodes.at[dst - NUM_INPUTS].add(y)
+      new_stats.append(st)
+    return nodes, jax.tree.map(lambda *a: jnp.stack(a), *new_stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +320,9 @@ class Supernet:
   num_cells: int = 8
   stem_multiplier: int = 3
   active_ops: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+  edge_loop: str = "scan"
+  gate: str = "cond"
+  depthwise_impl: str = "auto"
 
   def built_ops(self, cell_type: str) -> tuple[str, ...]:
     if self.active_ops is None:
@@ -317,7 +339,8 @@ class Supernet:
       if cell_type == "reduce":
         c *= 2
       cells.append(SearchCell(self.space, cell_type, c, reduction_prev,
-                              self.built_ops(cell_type)))
+                              self.built_ops(cell_type), self.edge_loop, self.gate,
+                              self.depthwise_impl))
       reduction_prev = cell_type == "reduce"
     return tuple(cells)
 
