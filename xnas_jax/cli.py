@@ -22,6 +22,44 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def load_config(program: str, config_flag, flag_value: str | None):
+  """The config of a ``DEFINE_config_file`` flag; a file that is missing or
+  fails to load exits 2 with one line naming it."""
+  try:
+    config = config_flag.value
+    if config is not None:
+      config.keys()  # a file that failed to load gives an object that raises here
+  except (OSError, SyntaxError, ImportError, AttributeError, NameError) as e:
+    fail(program, f"cannot load --config {flag_value}: {_reason(e)}")
+  if config is None:
+    fail(program, "--config is required (for example --config configs/digits.py)")
+  return config
+
+
+def _reason(e: BaseException) -> str:
+  """The most specific line of an exception chain (an ``[Errno ...]`` line if any)."""
+  while e.__cause__ is not None or e.__context__ is not None:
+    e = e.__cause__ or e.__context__
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+  errno = [l for l in lines if l.startswith("[Errno")]
+  if isinstance(e, SyntaxError):
+    return f"{type(e).__name__}: {e.msg} (line {e.lineno})"
+  return errno[0] if errno else f"{type(e).__name__}: {lines[0]}"
+
+
+def check_workdir(program: str, workdir: str | None) -> str:
+  """``workdir`` if it is a directory or can be made one; else exits 2."""
+  if not workdir:
+    fail(program, "--workdir is required")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    fail(program, f"--workdir {workdir!r} exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    fail(program, f"cannot create --workdir {workdir!r}: {e.strerror}")
+  return workdir
+
+
 def parse_flags(program: str, argv: Sequence[str]) -> None:
   """Parses absl flags; a bad flag or config value exits 2 with one line."""
   from absl import flags  # pylint: disable=import-outside-toplevel
@@ -29,6 +67,8 @@ def parse_flags(program: str, argv: Sequence[str]) -> None:
     flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except (OSError, SyntaxError, ImportError, NameError) as e:  # a config file that fails to load
+    fail(program, f"cannot load a config file: {_reason(e)}")
 
 
 def progress(it: Iterable, enabled: bool, desc: str) -> Iterable:

@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   # float32 | bfloat16: the dtype the supernet's gradient program computes in
   # (state, optimizers and the loss stay float32).
   config.compute_dtype = "float32"
+  # auto | shifted | grouped | dense: how depthwise convolutions are computed
+  # (xnas_jax.ops.depthwise_conv; "auto" is the measured choice per backend).
+  config.depthwise_impl = "auto"
   config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False})
   config.weight_optimizer = ml_collections.ConfigDict({
       "learning_rate": 0.025, "min_learning_rate": 0.001, "momentum": 0.9,

@@ -26,14 +26,12 @@ def _fail(message: str, status: int = 2) -> None:
 
 def run(argv: list[str] | None = None) -> None:
   cli.parse_flags("xnas-search", sys.argv if argv is None else argv)
-  if _CONFIG.value is None:
-    _fail("--config is required (for example --config configs/digits.py)")
-  if not _WORKDIR.value:
-    _fail("--workdir is required")
+  config = cli.load_config("xnas-search", _CONFIG, flags.FLAGS["config"].serialize().split("=", 1)[-1])
+  workdir = cli.check_workdir("xnas-search", _WORKDIR.value)
   from xnas_jax import input_pipeline, train  # pylint: disable=import-outside-toplevel
   cli.enable_compilation_cache()
   try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    result = train.train_and_evaluate(config, workdir, progress=_PROGRESS.value)
   except (train.ConfigError, ValueError) as e:
     _fail(str(e).splitlines()[0])
   except input_pipeline.DataNotPreparedError as e:

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from xnas_jax import checkpointing
+from xnas_jax import config_checks
 from xnas_jax import cli
 from xnas_jax import evalnet
 from xnas_jax import input_pipeline
@@ -47,19 +48,24 @@ class TrainingDiverged(RuntimeError):
   """A non-finite loss; the last good checkpoint is kept."""
 
 
+# The range of every numeric and boolean key of a retraining config
+# (config_defaults.eval_config).
+_RULES = (
+    ("limit", "nonnegative_int"), ("data_seed", "nonnegative_int"), ("seed", "nonnegative_int"),
+    ("channels", "positive_int"), ("num_cells", "positive_int"), ("batch_size", "positive_int"),
+    ("num_devices", "nonnegative_int"), ("epochs", "positive_int"),
+    ("learning_rate", "positive"), ("min_learning_rate", "nonnegative"),
+    ("momentum", "unit_open"), ("nesterov", "bool"), ("weight_decay", "nonnegative"),
+    ("grad_clip", "positive"), ("aux_weight", "nonnegative"), ("drop_path_prob", "unit_open"),
+    ("label_smoothing", "unit_open"), ("augment.pad", "nonnegative_int"),
+    ("augment.flip", "bool"), ("augment.cutout", "nonnegative_int"),
+)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` naming the first bad value."""
-  if config.dataset not in input_pipeline.DATASETS:
-    raise ConfigError(f"unknown dataset {config.dataset!r}; "
-                      f"expected one of {list(input_pipeline.DATASETS)}")
-  for name in ("batch_size", "epochs", "channels", "num_cells", "learning_rate"):
-    if not config[name] > 0:
-      raise ConfigError(f"{name} must be positive, got {config[name]!r}")
-  for name in ("drop_path_prob", "label_smoothing"):
-    if not 0 <= config[name] < 1:
-      raise ConfigError(f"{name} must be in [0, 1), got {config[name]!r}")
-  if not config.aux_weight >= 0:
-    raise ConfigError(f"aux_weight must be >= 0, got {config.aux_weight!r}")
+  config_checks.check_choice(config, "dataset", input_pipeline.DATASETS, ConfigError)
+  config_checks.check(config, _RULES, ConfigError)
   device_error = parallel.device_config_error(config.num_devices, config.batch_size)
   if device_error:
     raise ConfigError(device_error)

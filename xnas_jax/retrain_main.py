@@ -28,10 +28,10 @@ def _fail(message: str, status: int = 2) -> None:
 
 def run(argv: list[str] | None = None) -> None:
   cli.parse_flags("xnas-train", sys.argv if argv is None else argv)
-  for name, value in (("--config", _CONFIG.value), ("--genotype", _GENOTYPE.value),
-                      ("--workdir", _WORKDIR.value)):
-    if not value:
-      _fail(f"{name} is required")
+  config = cli.load_config("xnas-train", _CONFIG, flags.FLAGS["config"].serialize().split("=", 1)[-1])
+  if not _GENOTYPE.value:
+    _fail("--genotype is required")
+  workdir = cli.check_workdir("xnas-train", _WORKDIR.value)
   from xnas_jax import input_pipeline, retrain  # pylint: disable=import-outside-toplevel
   from xnas_jax.genotype import Genotype  # pylint: disable=import-outside-toplevel
   try:
@@ -43,7 +43,7 @@ def run(argv: list[str] | None = None) -> None:
     _fail(f"{_GENOTYPE.value}: {str(e).splitlines()[0]}")
   cli.enable_compilation_cache()
   try:
-    result = retrain.train_and_evaluate(_CONFIG.value, genotype, _WORKDIR.value,
+    result = retrain.train_and_evaluate(config, genotype, workdir,
                                         progress=_PROGRESS.value)
   except (retrain.ConfigError, ValueError) as e:
     _fail(str(e).splitlines()[0])

@@ -34,10 +34,12 @@ import optax
 from xnas_jax import arch as arch_lib
 from xnas_jax import cli
 from xnas_jax import compile_counter
+from xnas_jax import config_checks
 from xnas_jax import drnas
 from xnas_jax import genotype as genotype_lib
 from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
+from xnas_jax import ops as ops_lib
 from xnas_jax import optim
 from xnas_jax import parallel
 from xnas_jax import perturbation
@@ -66,72 +68,60 @@ SELECTIONS = ("magnitude", "perturbation")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# The range of every numeric and boolean key of a search config
+# (config_defaults.base_config); names and choices are checked below.
+_RULES = (
+    ("limit", "nonnegative_int"), ("seed", "nonnegative_int"), ("num_seeds", "positive_int"),
+    ("channels", "positive_int"), ("num_cells", "positive_int"), ("batch_size", "positive_int"),
+    ("num_devices", "nonnegative_int"), ("epochs", "positive_int"), ("rebuild_wiped", "bool"),
+    ("augment.pad", "nonnegative_int"), ("augment.flip", "bool"),
+    ("weight_optimizer.learning_rate", "positive"),
+    ("weight_optimizer.min_learning_rate", "nonnegative"),
+    ("weight_optimizer.momentum", "unit_open"), ("weight_optimizer.weight_decay", "nonnegative"),
+    ("weight_optimizer.grad_clip", "positive"),
+    ("hypergrad.inner_lr", "optional_positive"), ("hypergrad.exact", "bool"),
+    ("hypergrad.epsilon", "positive"), ("hypergrad.coefficient", "positive"),
+    ("hypergrad.maxiter", "positive_int"), ("hypergrad.damping", "nonnegative"),
+    ("hypergrad.neumann_lr", "positive"),
+    ("pt.tune_epochs", "nonnegative_int"), ("pt.learning_rate", "positive"),
+)
+# Per architecture optimizer, the keys of config.arch_optimizer it reads.
+_ARCH_RULES = {
+    "xnas": (("grad_bound", "positive"), ("zeta", "unit_closed"),
+             ("learning_rate_normal", "optional_positive"),
+             ("learning_rate_reduce", "optional_positive"), ("per_example_rewards", "bool")),
+    "darts_adam": (("learning_rate", "positive"), ("b1", "unit_open"), ("b2", "unit_open"),
+                   ("weight_decay", "nonnegative")),
+    "gd_softmax": (("learning_rate", "positive"),),
+    "drnas": (("learning_rate", "positive"), ("b1", "unit_open"), ("b2", "unit_open"),
+              ("weight_decay", "nonnegative"), ("reg_scale", "nonnegative"), ("prior", "positive")),
+    "frozen": (),
+}
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` naming the first bad value."""
-  def positive(name, value):
-    if not value > 0:
-      raise ConfigError(f"{name} must be positive, got {value!r}")
   from xnas_jax.search_space import OP_SETS, TOPOLOGIES  # pylint: disable=import-outside-toplevel
-  if config.dataset not in input_pipeline.DATASETS:
-    raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {list(input_pipeline.DATASETS)}")
-  if config.op_set not in OP_SETS:
-    raise ConfigError(f"unknown op_set {config.op_set!r}; expected one of {sorted(OP_SETS)}")
-  if config.topology not in TOPOLOGIES:
-    raise ConfigError(f"unknown topology {config.topology!r}; expected one of {list(TOPOLOGIES)}")
-  if config.arch_optimizer.name not in ARCH_OPTIMIZERS:
-    raise ConfigError(f"unknown arch_optimizer.name {config.arch_optimizer.name!r}; "
-                      f"expected one of {list(ARCH_OPTIMIZERS)}")
-  if config.arch_gradient not in hypergrad.METHODS:
-    raise ConfigError(f"unknown arch_gradient {config.arch_gradient!r}; "
-                      f"expected one of {list(hypergrad.METHODS)}")
-  if config.arch_optimizer.name in ("drnas", "frozen") and config.arch_gradient != "first_order":
+  choose = lambda key, choices: config_checks.check_choice(config, key, choices, ConfigError)
+  choose("dataset", input_pipeline.DATASETS)
+  choose("op_set", sorted(OP_SETS))
+  choose("topology", TOPOLOGIES)
+  choose("arch_optimizer.name", ARCH_OPTIMIZERS)
+  choose("arch_gradient", hypergrad.METHODS)
+  choose("hypergrad.solver", ("cg", "neumann"))
+  choose("selection", SELECTIONS)
+  choose("compute_dtype", COMPUTE_DTYPES)
+  choose("depthwise_impl", ops_lib.DEPTHWISE_IMPLS)
+  config_checks.check(config, _RULES, ConfigError)
+  name = config.arch_optimizer.name
+  config_checks.check(config, [(f"arch_optimizer.{k}", kind) for k, kind in _ARCH_RULES[name]],
+                      ConfigError)
+  if name in ("drnas", "frozen") and config.arch_gradient != "first_order":
     raise ConfigError(f"arch_gradient {config.arch_gradient!r} is not available with "
-                      f"arch_optimizer {config.arch_optimizer.name!r} (first_order only)")
-  hcfg = config.hypergrad
-  if hcfg.inner_lr is not None:
-    positive("hypergrad.inner_lr", hcfg.inner_lr)
-  positive("hypergrad.epsilon", hcfg.epsilon)
-  positive("hypergrad.coefficient", hcfg.coefficient)
-  positive("hypergrad.maxiter", hcfg.maxiter)
-  positive("hypergrad.neumann_lr", hcfg.neumann_lr)
-  if not hcfg.damping >= 0:
-    raise ConfigError(f"hypergrad.damping must be >= 0, got {hcfg.damping!r}")
-  if hcfg.solver not in ("cg", "neumann"):
-    raise ConfigError(f"unknown hypergrad.solver {hcfg.solver!r}; expected 'cg' or 'neumann'")
-  if config.selection not in SELECTIONS:
-    raise ConfigError(f"unknown selection {config.selection!r}; expected one of {list(SELECTIONS)}")
-  if config.selection == "perturbation":
-    positive("pt.learning_rate", config.pt.learning_rate)
-    if not (isinstance(config.pt.tune_epochs, int) and config.pt.tune_epochs >= 0):
-      raise ConfigError(f"pt.tune_epochs must be a non-negative integer, "
-                        f"got {config.pt.tune_epochs!r}")
-  if config.compute_dtype not in COMPUTE_DTYPES:
-    raise ConfigError(f"unknown compute_dtype {config.compute_dtype!r}; "
-                      f"expected one of {list(COMPUTE_DTYPES)}")
-  positive("batch_size", config.batch_size)
-  positive("num_seeds", config.get("num_seeds", 1))
-  device_error = parallel.device_config_error(config.get("num_devices", 0), config.batch_size)
+                      f"arch_optimizer {name!r} (first_order only)")
+  device_error = parallel.device_config_error(config.num_devices, config.batch_size)
   if device_error:
     raise ConfigError(device_error)
-  positive("epochs", config.epochs)
-  positive("channels", config.channels)
-  positive("num_cells", config.num_cells)
-  positive("weight_optimizer.learning_rate", config.weight_optimizer.learning_rate)
-  if config.arch_optimizer.name == "xnas":
-    positive("arch_optimizer.grad_bound", config.arch_optimizer.grad_bound)
-    if not 0 < config.arch_optimizer.zeta <= 1:
-      raise ConfigError(f"arch_optimizer.zeta must be in (0, 1], got {config.arch_optimizer.zeta!r}")
-    for t in CELL_TYPES:
-      lr = config.arch_optimizer.get(f"learning_rate_{t}", None)
-      if lr is not None and not lr > 0:
-        raise ConfigError(f"arch_optimizer.learning_rate_{t} must be positive, got {lr!r}")
-  elif config.arch_optimizer.name != "frozen":
-    positive("arch_optimizer.learning_rate", config.arch_optimizer.learning_rate)
-  if config.arch_optimizer.name == "drnas":
-    positive("arch_optimizer.prior", config.arch_optimizer.prior)
-    if not config.arch_optimizer.reg_scale >= 0:
-      raise ConfigError(f"arch_optimizer.reg_scale must be >= 0, "
-                        f"got {config.arch_optimizer.reg_scale!r}")
 
 
 # --------------------------------------------------------------------------
@@ -207,7 +197,8 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
   if b > len(data.train) or b > len(data.val):
     raise ConfigError(f"batch_size {b} is larger than the data "
                       f"({len(data.train)} train / {len(data.val)} val examples)")
-  net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells)
+  net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells,
+                 depthwise_impl=config.depthwise_impl)
   steps = min(len(data.train), len(data.val)) // b
   acfg = config.arch_optimizer
   rates, per_step, horizons, bounds = {}, {}, {}, {}
@@ -590,6 +581,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ``genotype`` and ``summary``.
   """
   from xnas_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  validate_config(config)
   configs = seed_configs(config)
   num_seeds = len(configs)
   searches = [build_search(c) for c in configs]
