@@ -78,7 +78,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   search = train.build_search(tiny_config())
   abstract = jax.eval_shape(lambda: train.init_state(search, jax.random.key(0)))
   mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
-  restored = checkpointing.restore_latest(mngr, abstract)
+  restored = checkpointing.restore_newest(mngr, lambda meta: abstract).state
   mngr.close()
   assert int(restored["epoch"]) == 1 and int(restored["step"]) == 3
 
@@ -100,3 +100,53 @@ def test_cli_bad_input_exits_2_with_one_line(flag, message, tmp_path):
   lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
   assert len(lines) == 1, proc.stderr
   assert message in lines[0]
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before(finished, tmp_path, capfd):
+  """The newest checkpoint's data truncated: the search restores epoch 1,
+  redoes epoch 2 and ends where the uninterrupted run ended, bit for bit."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  source, full = finished
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  data = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(workdir, "checkpoints", "2"))
+          for f in fs if os.path.basename(r) == "d"]
+  for path in data:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  resumed = train.train_and_evaluate(tiny_config(), workdir, progress=False)
+  assert "warning: checkpoint 2 in " in capfd.readouterr().err
+  for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert [json.loads(l)["epoch"] for l in open(os.path.join(workdir, "metrics.jsonl"))] == [1, 2]
+  assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "2"))
+
+
+def test_resuming_with_another_config_is_refused(finished):
+  workdir, _ = finished
+  with pytest.raises(train.ConfigError, match="seed was 0, now 1"):
+    train.train_and_evaluate(tiny_config(seed=1), workdir, progress=False)
+  with pytest.raises(train.ConfigError, match="op_set was 'xnas', now 'darts'"):
+    train.train_and_evaluate(tiny_config(op_set="darts"), workdir, progress=False)
+  recorded = json.load(open(os.path.join(workdir, "config.json")))
+  assert recorded["seed"] == 0 and recorded["op_set"] == "xnas"
+
+
+def test_a_diverging_search_is_flagged(tmp_path):
+  config = tiny_config()
+  config.weight_optimizer.learning_rate = 1e4
+  result = train.train_and_evaluate(config, str(tmp_path), progress=False)
+  lines = [json.loads(l) for l in open(os.path.join(str(tmp_path), "metrics.jsonl"))]
+  assert "warning" not in lines[0] and "warning" in lines[1]
+  assert "lower weight_optimizer.learning_rate" in lines[1]["warning"]
+  assert result["summary"]["warning"] == lines[1]["warning"]
+
+
+def test_divergence_rules():
+  first = {"epoch": 1, "train_loss": 2.0, "val_acc": 0.3}
+  assert train.divergence_warning(dict(first, epoch=2, train_loss=1.0, val_acc=0.5), first, 10) is None
+  assert "30x epoch 1's" in train.divergence_warning(
+      dict(first, epoch=2, train_loss=60.0, val_acc=0.5), first, 10)
+  assert "at chance (1/10)" in train.divergence_warning(
+      dict(first, epoch=3, train_loss=2.0, val_acc=0.11), first, 10)
+  assert train.divergence_warning(first, first, 10) is None  # epoch 1 is never at chance yet

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable, NamedTuple
 
 import orbax.checkpoint as ocp
 
@@ -36,21 +37,105 @@ def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
   mngr.wait_until_finished()
 
 
-def latest_meta(mngr: ocp.CheckpointManager) -> dict[str, Any] | None:
-  """The metadata of the latest checkpoint, or None without one."""
-  step = mngr.latest_step()
-  if step is None:
-    return None
-  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+class NoUsableCheckpoint(RuntimeError):
+  """Checkpoints exist but none of them can be restored."""
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state: PyTree) -> PyTree | None:
-  """The latest checkpoint restored with the types of ``abstract_state``, or None."""
-  step = mngr.latest_step()
-  if step is None:
+class Restored(NamedTuple):
+  state: PyTree | None  # None: no checkpoint (a fresh run)
+  meta: dict[str, Any]
+  step: int | None
+  damaged: list[str]  # one line per checkpoint that could not be restored
+
+
+def restore_newest(mngr: ocp.CheckpointManager,
+                   abstract_state: Callable[[dict[str, Any]], PyTree]) -> Restored:
+  """The newest checkpoint that restores, with the types of ``abstract_state(meta)``.
+
+  A checkpoint that fails to restore (a truncated or empty data or metadata
+  file, a missing directory: what a full disk or an interrupted copy leaves)
+  is moved out of the way, to ``<directory>/../damaged_checkpoints/<step>``,
+  so that the resumed run can write that step again, and the next older
+  one is tried.  Raises ``NoUsableCheckpoint`` (one line, naming the
+  directory) when checkpoints exist and none restores.
+  """
+  damaged: list[str] = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      state = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state(meta or {}))))["state"]
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore, json, OS errors)
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      damaged.append(f"checkpoint {step} in {mngr.directory} cannot be restored "
+                     f"({type(e).__name__}: {reason})")
+      _set_aside(mngr, step)
+      continue
+    return Restored(state, meta or {}, step, damaged)
+  if damaged:
+    raise NoUsableCheckpoint(f"no checkpoint in {mngr.directory} can be restored "
+                             f"({len(damaged)} damaged, moved to "
+                             f"{os.path.join(os.path.dirname(str(mngr.directory)), 'damaged_checkpoints')})")
+  return Restored(None, {}, None, damaged)
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+  directory = str(mngr.directory)
+  aside = os.path.join(os.path.dirname(directory), "damaged_checkpoints")
+  os.makedirs(aside, exist_ok=True)
+  target = os.path.join(aside, str(step))
+  if os.path.exists(target):
+    shutil.rmtree(target)
+  source = os.path.join(directory, str(step))
+  if os.path.exists(source):
+    shutil.move(source, target)
+  mngr.reload()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def recorded_config(workdir: str) -> dict[str, Any]:
+  """The config recorded in ``workdir/config.json`` ({} without one)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def check_config(workdir: str, config: dict[str, Any], resuming: bool,
+                 may_change: frozenset[str] = frozenset()) -> str | None:
+  """Records the config that made a workdir's checkpoints, or checks a resume against it.
+
+  A fresh run writes ``workdir/config.json``.  A resume compares the config
+  with it and returns a one-line reason naming the first key that differs
+  (other than the keys in ``may_change``), or None when the resume is the
+  same run.  A workdir from before this record is accepted and recorded.
+  """
+  path = os.path.join(workdir, "config.json")
+  config = json.loads(json.dumps(config))  # tuples -> lists, as read back
+  if resuming and os.path.exists(path):
+    recorded = _flatten(recorded_config(workdir))
+    now = _flatten(config)
+    for key in sorted(set(recorded) | set(now)):
+      if key in may_change:
+        continue
+      if recorded.get(key, "<absent>") != now.get(key, "<absent>"):
+        return (f"{workdir} holds the checkpoints of another run: {key} was "
+                f"{recorded.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r} "
+                "(use a new --workdir)")
     return None
-  return mngr.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+  with open(path, "w") as f:
+    json.dump(config, f, indent=1, sort_keys=True)
+  return None
 
 
 def truncate_metrics(path: str, keep_epochs: int) -> None:

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -60,6 +61,10 @@ _RULES = (
     ("label_smoothing", "unit_open"), ("augment.pad", "nonnegative_int"),
     ("augment.flip", "bool"), ("augment.cutout", "nonnegative_int"),
 )
+
+
+# Keys that may differ when a retraining resumes (see train.RESUMABLE_KEYS).
+RESUMABLE_KEYS = frozenset({"data_dir", "num_devices"})
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -185,14 +190,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
   run = build(config, genotype)
   os.makedirs(workdir, exist_ok=True)
   manager = checkpointing.manager(os.path.join(workdir, "checkpoints"))
-  meta = checkpointing.latest_meta(manager)
-  if meta is not None and meta.get("genotype") != genotype.to_dict():
+  key = jax.random.key(config.seed)
+  # Another run's checkpoints are refused before anything is restored.
+  resuming = bool(manager.all_steps())
+  mismatch = None
+  if resuming and checkpointing.recorded_config(workdir).get("genotype",
+                                                             genotype.to_dict()) != genotype.to_dict():
+    mismatch = f"{workdir} holds a checkpoint of another genotype; use a new --workdir"
+  mismatch = mismatch or checkpointing.check_config(
+      workdir, dict(config.to_dict(), genotype=genotype.to_dict()), resuming, RESUMABLE_KEYS)
+  if mismatch:
+    manager.close()
+    raise ConfigError(mismatch)
+  try:
+    restored = checkpointing.restore_newest(
+        manager, lambda meta: jax.eval_shape(lambda: init_state(run, key)))
+  except checkpointing.NoUsableCheckpoint as e:
+    manager.close()
+    raise ConfigError(str(e)) from None
+  for line in restored.damaged:
+    print(f"warning: {line}; trying the one before", file=sys.stderr)
+  if restored.step is not None and restored.meta.get("genotype") != genotype.to_dict():
     manager.close()
     raise ConfigError(f"{workdir} holds a checkpoint of another genotype; use a new --workdir")
-  key = jax.random.key(config.seed)
-  state = checkpointing.restore_latest(manager, jax.eval_shape(lambda: init_state(run, key)))
-  if state is None:
-    state = init_state(run, key)
+  state = restored.state if restored.state is not None else init_state(run, key)
   mesh = parallel.data_mesh(config.num_devices)
   state = parallel.replicate(state, mesh)
   images, labels = parallel.replicate((run.train.images, run.train.labels), mesh)

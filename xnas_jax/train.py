@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -66,6 +67,12 @@ ARCH_OPTIMIZERS = ("xnas", "darts_adam", "gd_softmax", "drnas", "frozen")
 # strongest expert) or perturbation (DARTS-PT, xnas_jax.perturbation).
 SELECTIONS = ("magnitude", "perturbation")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Keys that may differ when a search resumes: where the data lives, how many
+# devices share the batch and how depthwise convolutions are computed (float
+# summation order only), and the selection run after the search.  Anything
+# else (more epochs change XNAS's horizon T and its rates) is another run.
+RESUMABLE_KEYS = frozenset({"data_dir", "num_devices", "depthwise_impl", "selection",
+                            "pt.tune_epochs", "pt.learning_rate"})
 
 
 # The range of every numeric and boolean key of a search config
@@ -536,6 +543,42 @@ def genotype_of(search: Search, state: PyTree,
                                  {t: np.asarray(masks[t]) for t in CELL_TYPES}, notes)
 
 
+# A search is flagged as diverging when an epoch's training loss exceeds its
+# first epoch's by this factor, or when the validation accuracy is still within
+# CHANCE_MARGIN x chance after the first epoch.
+DIVERGENCE_FACTOR = 10.0
+CHANCE_MARGIN = 1.25
+
+
+def divergence_warning(summary: dict[str, Any], first: dict[str, Any],
+                       num_classes: int) -> str | None:
+  """One line when an epoch looks diverged (the losses can stay finite under
+  gradient clipping while the supernet learns nothing), else None."""
+  if summary["train_loss"] > DIVERGENCE_FACTOR * first["train_loss"]:
+    return (f"epoch {summary['epoch']}: train loss {summary['train_loss']:.3g} is "
+            f"{summary['train_loss'] / first['train_loss']:.0f}x epoch {first['epoch']}'s "
+            f"({first['train_loss']:.3g}); the search is diverging: lower "
+            "weight_optimizer.learning_rate (or the architecture rate)")
+  if summary["epoch"] > first["epoch"] and summary["val_acc"] <= CHANCE_MARGIN / num_classes:
+    return (f"epoch {summary['epoch']}: val accuracy {summary['val_acc']:.3f} is at chance "
+            f"(1/{num_classes}); the supernet is not learning: check the data and lower "
+            "weight_optimizer.learning_rate")
+  return None
+
+
+def first_epoch_metrics(metrics_path: str, seeds: list[int]) -> dict[int, dict[str, Any]]:
+  """Per seed index, the first epoch's metrics line already written (a resume)."""
+  out: dict[int, dict[str, Any]] = {}
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      for line in f:
+        row = json.loads(line)
+        k = seeds.index(row.get("seed", seeds[0])) if row.get("seed", seeds[0]) in seeds else None
+        if k is not None and k not in out:
+          out[k] = row
+  return out
+
+
 def check_finite(step_metrics: np.ndarray, first_step: int) -> None:
   names = ("train loss", "train accuracy", "val loss", "val accuracy")
   bad = ~np.isfinite(step_metrics)
@@ -589,10 +632,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   keys = [jax.random.key(c.seed) for c in configs]
   manager = checkpointing.manager(os.path.join(workdir, "checkpoints"))
-  meta = checkpointing.latest_meta(manager) or {}
-  if meta.get("active_ops") is not None:  # the checkpoint is of a rebuilt supernet
-    searches = [with_active_ops(s, meta["active_ops"]) for s in searches]
-    search = searches[0]
 
   def seed_state(state, k):
     return state if num_seeds == 1 else _unstack(state, k)
@@ -601,9 +640,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     states = [init_state(s, k) for s, k in zip(search_list, keys)]
     return states[0] if num_seeds == 1 else _stack(states)
 
-  state = checkpointing.restore_latest(manager, jax.eval_shape(lambda: fresh_state(searches)))
-  if state is None:
-    state = fresh_state(searches)
+  def rebuilt(meta):  # a checkpoint of a rebuilt supernet records the ops it still builds
+    if meta.get("active_ops") is None:
+      return searches
+    return [with_active_ops(s, meta["active_ops"]) for s in searches]
+
+  # Another run's checkpoints are refused before anything is restored (a
+  # restore under the wrong structure would look like damage).
+  mismatch = checkpointing.check_config(workdir, config.to_dict(), bool(manager.all_steps()),
+                                        RESUMABLE_KEYS)
+  if mismatch:
+    manager.close()
+    raise ConfigError(mismatch)
+  try:
+    restored = checkpointing.restore_newest(
+        manager, lambda meta: jax.eval_shape(lambda: fresh_state(rebuilt(meta))))
+  except checkpointing.NoUsableCheckpoint as e:
+    manager.close()
+    raise ConfigError(str(e)) from None
+  for line in restored.damaged:
+    print(f"warning: {line}; trying the one before", file=sys.stderr)
+  searches = rebuilt(restored.meta)
+  search = searches[0]
+  state = restored.state if restored.state is not None else fresh_state(searches)
   mesh = parallel.data_mesh(config.get("num_devices", 0))
   state = parallel.replicate(state, mesh)
   start_epoch = int(np.max(state["epoch"]))
@@ -632,6 +691,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   epochs = range(start_epoch, config.epochs)
   bar = cli.progress(epochs, progress, "search")
   summaries: list[dict[str, Any]] = [{} for _ in configs]
+  first_epoch = first_epoch_metrics(metrics_path, [c.seed for c in configs])
   try:
     for epoch in bar:
       # Time and compilations of this epoch's steps and metrics; not of the
@@ -664,6 +724,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 "compile_s": round(now[1] - compiled_before[1], 3)}
       timing["step_time_s"] = round((timing["epoch_time_s"] - timing["compile_s"]) / steps, 4)
       summaries = [dict(summary, **timing) for summary in summaries]
+      for k, summary in enumerate(summaries):
+        first_epoch.setdefault(k, summary)
+        warning = divergence_warning(summary, first_epoch[k], search.data.num_classes)
+        if warning:
+          summary["warning"] = warning
+          print(f"warning: seed {configs[k].seed}: {warning}", file=sys.stderr)
       if config.rebuild_wiped and epoch + 1 < config.epochs:
         rebuilt, state, dropped = rebuild(search, state)
         if any(dropped.values()):
