@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -556,8 +557,9 @@ def genotype_of(search: Search, state: PyTree,
 
 
 # A search is flagged as diverging when an epoch's training loss exceeds its
-# first epoch's by this factor, or when the validation accuracy is still within
-# CHANCE_MARGIN x chance after the first epoch.
+# first epoch's, or a uniform guess's (ln K, for a search that diverged within
+# its first epoch), by this factor, or when the validation accuracy is still
+# within CHANCE_MARGIN x chance after the first epoch.
 DIVERGENCE_FACTOR = 10.0
 CHANCE_MARGIN = 1.25
 
@@ -566,11 +568,16 @@ def divergence_warning(summary: dict[str, Any], first: dict[str, Any],
                        num_classes: int) -> str | None:
   """One line when an epoch looks diverged (the losses can stay finite under
   gradient clipping while the supernet learns nothing), else None."""
+  advice = "lower weight_optimizer.learning_rate (or the architecture rate)"
   if summary["train_loss"] > DIVERGENCE_FACTOR * first["train_loss"]:
     return (f"epoch {summary['epoch']}: train loss {summary['train_loss']:.3g} is "
             f"{summary['train_loss'] / first['train_loss']:.0f}x epoch {first['epoch']}'s "
-            f"({first['train_loss']:.3g}); the search is diverging: lower "
-            "weight_optimizer.learning_rate (or the architecture rate)")
+            f"({first['train_loss']:.3g}); the search is diverging: {advice}")
+  uniform = math.log(num_classes)  # the cross-entropy of a uniform guess
+  if summary["train_loss"] > DIVERGENCE_FACTOR * uniform:
+    return (f"epoch {summary['epoch']}: train loss {summary['train_loss']:.3g} is "
+            f"{summary['train_loss'] / uniform:.0f}x a uniform guess's (ln {num_classes} = "
+            f"{uniform:.3g}); the search is diverging: {advice}")
   if summary["epoch"] > first["epoch"] and summary["val_acc"] <= CHANCE_MARGIN / num_classes:
     return (f"epoch {summary['epoch']}: val accuracy {summary['val_acc']:.3f} is at chance "
             f"(1/{num_classes}); the supernet is not learning: check the data and lower "
