@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from typing import Any, Callable, NamedTuple
 
 import orbax.checkpoint as ocp
@@ -136,6 +137,33 @@ def check_config(workdir: str, config: dict[str, Any], resuming: bool,
   with open(path, "w") as f:
     json.dump(config, f, indent=1, sort_keys=True)
   return None
+
+
+class ResumeRefused(ValueError):
+  """A workdir whose checkpoints belong to another run, or none of which restores."""
+
+
+def resume(mngr: ocp.CheckpointManager, workdir: str, config: dict[str, Any],
+           may_change: frozenset[str],
+           abstract_state: Callable[[dict[str, Any]], PyTree]) -> Restored:
+  """What a program does before it (re)starts in ``workdir``: refuses another
+  run's checkpoints before restoring anything (a restore under the wrong
+  structure would look like damage; ``check_config``), then restores the
+  newest checkpoint that restores (``restore_newest``), warning on stderr
+  about each damaged one.  Raises ``ResumeRefused`` (one line) and closes
+  the manager when the run cannot go on."""
+  mismatch = check_config(workdir, config, bool(mngr.all_steps()), may_change)
+  if mismatch:
+    mngr.close()
+    raise ResumeRefused(mismatch)
+  try:
+    restored = restore_newest(mngr, abstract_state)
+  except NoUsableCheckpoint as e:
+    mngr.close()
+    raise ResumeRefused(str(e)) from None
+  for line in restored.damaged:
+    print(f"warning: {line}; trying the one before", file=sys.stderr)
+  return restored
 
 
 def truncate_metrics(path: str, keep_epochs: int) -> None:

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 import time
 from typing import Any, Callable
 
@@ -191,28 +190,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
   os.makedirs(workdir, exist_ok=True)
   manager = checkpointing.manager(os.path.join(workdir, "checkpoints"))
   key = jax.random.key(config.seed)
-  # Another run's checkpoints are refused before anything is restored.
-  resuming = bool(manager.all_steps())
-  mismatch = None
-  if resuming and checkpointing.recorded_config(workdir).get("genotype",
-                                                             genotype.to_dict()) != genotype.to_dict():
-    mismatch = f"{workdir} holds a checkpoint of another genotype; use a new --workdir"
-  mismatch = mismatch or checkpointing.check_config(
-      workdir, dict(config.to_dict(), genotype=genotype.to_dict()), resuming, RESUMABLE_KEYS)
-  if mismatch:
+  # The genotype first, for its own message; check_config then compares the
+  # rest of the run (the genotype included).
+  other_genotype = f"{workdir} holds a checkpoint of another genotype; use a new --workdir"
+  if (manager.all_steps() and checkpointing.recorded_config(workdir).get(
+      "genotype", genotype.to_dict()) != genotype.to_dict()):
     manager.close()
-    raise ConfigError(mismatch)
+    raise ConfigError(other_genotype)
   try:
-    restored = checkpointing.restore_newest(
-        manager, lambda meta: jax.eval_shape(lambda: init_state(run, key)))
-  except checkpointing.NoUsableCheckpoint as e:
-    manager.close()
+    restored = checkpointing.resume(
+        manager, workdir, dict(config.to_dict(), genotype=genotype.to_dict()), RESUMABLE_KEYS,
+        lambda meta: jax.eval_shape(lambda: init_state(run, key)))
+  except checkpointing.ResumeRefused as e:
     raise ConfigError(str(e)) from None
-  for line in restored.damaged:
-    print(f"warning: {line}; trying the one before", file=sys.stderr)
   if restored.step is not None and restored.meta.get("genotype") != genotype.to_dict():
-    manager.close()
-    raise ConfigError(f"{workdir} holds a checkpoint of another genotype; use a new --workdir")
+    manager.close()  # a workdir from before config.json: the checkpoint's own record
+    raise ConfigError(other_genotype)
   state = restored.state if restored.state is not None else init_state(run, key)
   mesh = parallel.data_mesh(config.num_devices)
   state = parallel.replicate(state, mesh)

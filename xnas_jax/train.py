@@ -592,9 +592,9 @@ def first_epoch_metrics(metrics_path: str, seeds: list[int]) -> dict[int, dict[s
     with open(metrics_path) as f:
       for line in f:
         row = json.loads(line)
-        k = seeds.index(row.get("seed", seeds[0])) if row.get("seed", seeds[0]) in seeds else None
-        if k is not None and k not in out:
-          out[k] = row
+        seed = row.get("seed", seeds[0])
+        if seed in seeds:
+          out.setdefault(seeds.index(seed), row)
   return out
 
 
@@ -664,21 +664,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       return searches
     return [with_active_ops(s, meta["active_ops"]) for s in searches]
 
-  # Another run's checkpoints are refused before anything is restored (a
-  # restore under the wrong structure would look like damage).
-  mismatch = checkpointing.check_config(workdir, config.to_dict(), bool(manager.all_steps()),
-                                        RESUMABLE_KEYS)
-  if mismatch:
-    manager.close()
-    raise ConfigError(mismatch)
   try:
-    restored = checkpointing.restore_newest(
-        manager, lambda meta: jax.eval_shape(lambda: fresh_state(rebuilt(meta))))
-  except checkpointing.NoUsableCheckpoint as e:
-    manager.close()
+    restored = checkpointing.resume(
+        manager, workdir, config.to_dict(), RESUMABLE_KEYS,
+        lambda meta: jax.eval_shape(lambda: fresh_state(rebuilt(meta))))
+  except checkpointing.ResumeRefused as e:
     raise ConfigError(str(e)) from None
-  for line in restored.damaged:
-    print(f"warning: {line}; trying the one before", file=sys.stderr)
   searches = rebuilt(restored.meta)
   search = searches[0]
   state = restored.state if restored.state is not None else fresh_state(searches)
