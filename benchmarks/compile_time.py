@@ -17,8 +17,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from xnas_jax import search_steps
 from xnas_jax import arch as arch_lib
-from xnas_jax import train
 from xnas_jax.search_space import get_search_space
 from xnas_jax.supernet import Supernet
 
@@ -41,9 +41,9 @@ def measure(op_set, channels, cells, side, c_in, batch):
   t_init = time.perf_counter() - t
   masks = net.default_masks()
   u = arch_lib.mixture_weights(arch_lib.init_arch_params(space), masks)
-  full = train.per_copy_weights(net, u, batch)
+  full = search_steps.per_copy_weights(net, u, batch)
   key = jax.random.key(0)
-  fn = jax.jit(train.loss_and_grads_fn(net))  # the search's own program
+  fn = jax.jit(search_steps.loss_and_grads_fn(net))  # the search's own program
   t = time.perf_counter()
   lowered = fn.lower(v["params"], v["batch_stats"], full, masks, x, y, key)
   t_lower = time.perf_counter() - t

@@ -1,7 +1,7 @@
 """Cost of one architecture step per hypergradient estimator, relative to first order.
 
 Times, side by side in one run, the architecture step the search runs
-(``train.make_functions``): the per-copy gradient program on a validation
+(``search_steps.step_functions``): the per-copy gradient program on a validation
 batch, plus for the second-order estimators the jitted ``correction`` of
 ``xnas_jax.hypergrad`` (one more gradient, and Hessian-vector products).
 Peak memory is XLA's own account of the compiled programs (arguments +
@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xnas_jax import train
+from xnas_jax import search_setup
+from xnas_jax import search_steps
 from xnas_jax.search_space import CELL_TYPES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,27 +51,27 @@ def measure(config, method: str, repeats: int) -> tuple[float, int, float]:
   config = config.copy_and_resolve_references()
   config.arch_gradient = "darts_second_order" if method.startswith("darts") else method
   config.hypergrad.exact = not method.endswith("_fd")
-  search = train.build_search(config)
-  fns = train.make_functions(search)
-  state = train.init_state(search, jax.random.key(0))
+  search = search_setup.build_search(config)
+  fns = search_steps.step_functions(search)
+  state = search_setup.init_state(search, jax.random.key(0))
   b = config.batch_size
   d = search.data
   x = jnp.asarray(input_norm(d.train.images[:b], d))
   y = jnp.asarray(d.train.labels[:b])
   xv = jnp.asarray(input_norm(d.val.images[:b], d))
   yv = jnp.asarray(d.val.labels[:b])
-  masks = train.live_masks(search, state)
+  masks = search_setup.live_masks(search, state)
   key = jax.random.key(1)
-  u_full = fns["full_weights"](state["arch"], masks, key, b)
+  u_full = fns.full_weights(state["arch"], masks, key, b)
   grads_args = (state["params"], state["batch_stats"], u_full, masks, xv, yv, key)
   t0 = time.perf_counter()
-  programs = [fns["grads"].lower(*grads_args).compile()]
+  programs = [fns.grads.lower(*grads_args).compile()]
   calls = [(programs[0], grads_args)]
   if "correction" in fns:
     _, _, gv_params, gv_u, _ = programs[0](*grads_args)
     corr_args = (state["params"], state["batch_stats"], state["arch"], masks, (x, y), (xv, yv),
                  gv_params, gv_u, key, state["step"])
-    programs.append(fns["correction"].lower(*corr_args).compile())
+    programs.append(fns.correction.lower(*corr_args).compile())
     calls.append((programs[1], corr_args))
   compile_s = time.perf_counter() - t0
 

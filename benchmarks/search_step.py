@@ -82,13 +82,13 @@ def measure(row: str, args) -> dict:
   import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from xnas_jax import input_pipeline, train  # pylint: disable=import-outside-toplevel
+  from xnas_jax import input_pipeline, search_setup, search_steps, seeds  # pylint: disable=import-outside-toplevel
   config = config_for(row, args)
-  configs = train.seed_configs(config)
-  searches = [train.build_search(c) for c in configs]
+  configs = seeds.seed_configs(config)
+  searches = [search_setup.build_search(c) for c in configs]
   search = searches[0]
-  fns = train.make_functions(search)
-  states = [train.init_state(s, jax.random.key(c.seed)) for s, c in zip(searches, configs)]
+  fns = search_steps.step_functions(search)
+  states = [search_setup.init_state(s, jax.random.key(c.seed)) for s, c in zip(searches, configs)]
   if row == "xnas_half_wiped":
     states = [half_wiped(s, jax.random.key(7)) for s in states]
   k = len(configs)
@@ -99,12 +99,12 @@ def measure(row: str, args) -> dict:
   if k == 1:
     state, train_data, val_data = states[0], data[0], vdata[0]
     tr = va = jax.device_put(idx[0])
-    step = functools.partial(train.search_step, search, fns)
+    step = functools.partial(search_steps.search_step, search, fns)
   else:
-    stack = train._stack  # pylint: disable=protected-access
+    stack = seeds.stack
     state, train_data, val_data = stack(states), stack(data), stack(vdata)
     tr = va = jax.device_put(np.stack(idx, axis=1))
-    step = jax.jit(jax.vmap(functools.partial(train.search_step, search, fns)),
+    step = jax.jit(jax.vmap(functools.partial(search_steps.search_step, search, fns)),
                    donate_argnums=0)
   train_data, val_data = jax.device_put(train_data), jax.device_put(val_data)
   t0 = time.perf_counter()
@@ -137,10 +137,10 @@ def measure_torch(row: str, args) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   import torch_search  # pylint: disable=import-outside-toplevel
-  from xnas_jax import input_pipeline, train  # pylint: disable=import-outside-toplevel
+  from xnas_jax import input_pipeline, search_setup  # pylint: disable=import-outside-toplevel
   from xnas_jax.search_space import CELL_TYPES  # pylint: disable=import-outside-toplevel
   config = config_for(row, args)
-  search = train.build_search(config)
+  search = search_setup.build_search(config)
   b = config.batch_size
   x0 = jax.numpy.zeros((b,) + search.data.image_shape)
   net = torch_search.Network(search.net, search.data.image_shape[-1])
@@ -149,7 +149,7 @@ def measure_torch(row: str, args) -> dict:
   if row == "torch_darts":
     runner = torch_search.DartsSearch(net, masks)
   else:
-    runner = torch_search.XnasSearch(net, masks, search.arch_learning_rates, search.horizons,
+    runner = torch_search.XnasSearch(net, masks, search.arch_opt.learning_rates, search.arch_opt.horizons,
                                      config.arch_optimizer.grad_bound)
   d = search.data
 

@@ -5,7 +5,7 @@ under ``lax.cond``, so wiped experts are skipped without recompiling.  Once an
 op is wiped on every edge of a cell type, the search rebuilds the supernet
 without it at the next epoch boundary (``config.rebuild_wiped``), paying one
 compilation.  This times the search's own gradient program
-(``train.loss_and_grads_fn``, run twice per search step), side by side in one
+(``search_steps.loss_and_grads_fn``, run twice per search step), side by side in one
 run, as a ratio to the full supernet:
 
 * masked, random: k random live experts on each edge (one compilation serves
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xnas_jax import search_steps
 from xnas_jax import arch as arch_lib
-from xnas_jax import train
 from xnas_jax.rebuild import carry_over
 from xnas_jax.search_space import CELL_TYPES, get_search_space
 from xnas_jax.supernet import Supernet
@@ -69,10 +69,10 @@ def main():
   key = jax.random.key(2)
 
   def inputs(the_net, variables, masks):
-    u = train.per_copy_weights(the_net, arch_lib.mixture_weights(arch, masks), args.batch)
+    u = search_steps.per_copy_weights(the_net, arch_lib.mixture_weights(arch, masks), args.batch)
     return (variables["params"], variables["batch_stats"], u, masks, x, y, key)
 
-  masked_fn = jax.jit(train.loss_and_grads_fn(net))
+  masked_fn = jax.jit(search_steps.loss_and_grads_fn(net))
   rows = []
   order = [o for o in space.ops if o != "none"]
   for k in range(len(order), 0, -1):
@@ -92,7 +92,7 @@ def main():
     if not args.no_rebuild:
       small = dataclasses.replace(net, active_ops=(tuple(keep), tuple(keep)))
       sv = carry_over(v, jax.eval_shape(small.init, jax.random.key(1), x))
-      fn = jax.jit(train.loss_and_grads_fn(small))
+      fn = jax.jit(search_steps.loss_and_grads_fn(small))
       t0 = time.perf_counter()
       compiled = fn.lower(*inputs(small, sv, same_masks)).compile()
       row["compile"] = time.perf_counter() - t0

@@ -1,5 +1,6 @@
 """Small search configurations shared by the end-to-end tests."""
 from xnas_jax import config_defaults
+from xnas_jax import search_metrics
 
 
 def tiny_config(**overrides):
@@ -30,7 +31,7 @@ def crash_then_resume(config, workdir, monkeypatch):
   """Runs a search that crashes in its second epoch, then resumes it in ``workdir``."""
   import pytest  # pylint: disable=import-outside-toplevel
   from xnas_jax import train  # pylint: disable=import-outside-toplevel
-  original = train.epoch_metrics
+  original = search_metrics.epoch_metrics
   calls = {"n": 0}
 
   def crash_in_second_epoch(*args, **kwargs):
@@ -39,8 +40,8 @@ def crash_then_resume(config, workdir, monkeypatch):
       raise KeyboardInterrupt("simulated crash")
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(train, "epoch_metrics", crash_in_second_epoch)
+  monkeypatch.setattr(search_metrics, "epoch_metrics", crash_in_second_epoch)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, workdir, progress=False)
-  monkeypatch.setattr(train, "epoch_metrics", original)
+  monkeypatch.setattr(search_metrics, "epoch_metrics", original)
   return train.train_and_evaluate(config, workdir, progress=False)

@@ -11,6 +11,10 @@ import sys
 
 import pytest
 
+from xnas_jax import arch_optimizers
+from xnas_jax import hypergrad
+from xnas_jax import search_setup
+from xnas_jax import selection
 from xnas_jax import config_checks, config_defaults, retrain, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,9 +41,10 @@ def _set(config, key, value):
 
 
 def _search_rules():
-  rules = list(train._RULES)  # pylint: disable=protected-access
-  for name, arch_rules in train._ARCH_RULES.items():  # pylint: disable=protected-access
-    rules += [(f"arch_optimizer.{k}@{name}", kind) for k, kind in arch_rules]
+  """Every section's rules; an architecture optimizer's keys as ``key@name``."""
+  rules = list(search_setup.RULES) + list(hypergrad.RULES) + list(selection.RULES)
+  for name in arch_optimizers.names():
+    rules += [(f"arch_optimizer.{k}@{name}", kind) for k, kind in arch_optimizers.get(name).RULES]
   return rules
 
 

@@ -4,6 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xnas_jax import search_setup
+from xnas_jax import search_steps
 from xnas_jax import train
 from search_configs import tiny_config
 
@@ -15,16 +17,16 @@ def _cosine(a, b):
 
 
 def test_bfloat16_gradients_match_float32_and_come_back_in_float32():
-  search = train.build_search(tiny_config())
-  state = train.init_state(search, jax.random.key(0))
+  search = search_setup.build_search(tiny_config())
+  state = search_setup.init_state(search, jax.random.key(0))
   d, b = search.data, 16
   x = (jnp.asarray(d.train.images[:b]) - d.mean) / d.std
   y = jnp.asarray(d.train.labels[:b])
   masks = search.net.default_masks()
-  u = train.per_copy_weights(search.net, search.mixture(state["arch"], masks), b)
+  u = search_steps.per_copy_weights(search.net, search.mixture(state["arch"], masks), b)
   args = (state["params"], state["batch_stats"], u, masks, x, y, jax.random.key(1))
-  ref = jax.jit(train.loss_and_grads_fn(search.net))(*args)
-  low = jax.jit(train.loss_and_grads_fn(search.net, "bfloat16"))(*args)
+  ref = jax.jit(search_steps.loss_and_grads_fn(search.net))(*args)
+  low = jax.jit(search_steps.loss_and_grads_fn(search.net, "bfloat16"))(*args)
   assert float(low[0]) == pytest.approx(float(ref[0]), rel=2e-2)
   # bfloat16 rounding moves near-zero ReLU inputs and near-tied max-pool
   # windows to the other side, whose gradients then differ outright: the
@@ -38,12 +40,12 @@ def test_bfloat16_gradients_match_float32_and_come_back_in_float32():
 def test_a_bfloat16_supernet_takes_float32_mixture_weights_and_stays_bfloat16():
   # The mixed op sums u_i f_i(x) in u's dtype: the rewards -grad_u . f_i are
   # float32 reductions even when the experts run in bfloat16.
-  search = train.build_search(tiny_config())
-  state = train.init_state(search, jax.random.key(0))
+  search = search_setup.build_search(tiny_config())
+  state = search_setup.init_state(search, jax.random.key(0))
   net, b = search.net, 4
   x = jnp.asarray(search.data.train.images[:b], jnp.bfloat16)
   masks = net.default_masks()
-  u = train.per_copy_weights(net, search.mixture(state["arch"], masks), b)
+  u = search_steps.per_copy_weights(net, search.mixture(state["arch"], masks), b)
   params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), state["params"])
 
   def out(u):

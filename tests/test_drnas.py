@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from xnas_jax import search_setup
 from xnas_jax import drnas, train
 from search_configs import tiny_config
 
@@ -89,8 +90,8 @@ def test_drnas_and_frozen_searches_run(name, tmp_path):
       assert np.all(np.asarray(arch[t]) == 0)
     assert result["summary"]["entropy_normal"] == pytest.approx(1.0)
   else:
-    search = train.build_search(c)
-    init = train.init_state(search, jax.random.key(c.seed))["arch"]
+    search = search_setup.build_search(c)
+    init = search_setup.init_state(search, jax.random.key(c.seed))["arch"]
     assert not np.allclose(np.asarray(arch["normal"]), np.asarray(init["normal"]))
   assert len(result["genotype"].normal) == 8
 

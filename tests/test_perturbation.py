@@ -6,9 +6,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+from xnas_jax import search_setup
 from xnas_jax import perturbation, train
 from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, get_search_space
 from search_configs import tiny_config
@@ -98,7 +98,7 @@ def test_pt_on_a_real_search(arch_optimizer, tmp_path):
   c.pt.tune_epochs = 1
   result = train.train_and_evaluate(c, str(tmp_path), progress=False)
   g = result["genotype"]
-  space = train.build_search(c).net.space
+  space = search_setup.build_search(c).net.space
   for cell in (g.normal, g.reduce):
     for j in range(NUM_NODES):
       assert len({src for _, src in cell[2 * j:2 * j + 2]}) == 2
@@ -112,9 +112,9 @@ def test_pt_on_a_real_search(arch_optimizer, tmp_path):
 
   # The first decision's accuracies, recomputed independently on the searched
   # supernet (no decision and no fine-tuning before it).
-  search = train.build_search(c)
+  search = search_setup.build_search(c)
   state = result["state"]
-  masks = train.live_masks(search, state)
+  masks = search_setup.live_masks(search, state)
   u = search.mixture(state["arch"], masks)
   first = log[0]
   t, e = first["cell"], space.edges.index(tuple(first["edge"]))

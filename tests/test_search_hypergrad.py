@@ -6,6 +6,8 @@ import optax
 import pytest
 
 from search_configs import tiny_config
+from xnas_jax import search_setup
+from xnas_jax import search_steps
 from xnas_jax import arch as arch_lib
 from xnas_jax import hypergrad, train
 
@@ -14,17 +16,17 @@ def _loop_correction_and_reference(config, state, reference):
   """The loop's jitted correction on one train and one val batch of ``state``,
   and ``reference(loss, weights, a, train_batch, val_batch) - first_order``
   computed directly on the same loss (``a``: ``u`` for XNAS, else the logits)."""
-  search = train.build_search(config)
-  fns = train.make_functions(search)
+  search = search_setup.build_search(config)
+  fns = search_steps.step_functions(search)
   d, b = search.data, config.batch_size
   x, y = jnp.asarray(d.train.images[:b]), jnp.asarray(d.train.labels[:b])
   xv, yv = jnp.asarray(d.val.images[:b]), jnp.asarray(d.val.labels[:b])
-  masks = train.live_masks(search, state)
+  masks = search_setup.live_masks(search, state)
   key = jax.random.key(3)
-  _, _, gv, gu, _ = fns["grads"](state["params"], state["batch_stats"],
-                                 fns["full_weights"](state["arch"], masks, key, b), masks, xv, yv,
+  _, _, gv, gu, _ = fns.grads(state["params"], state["batch_stats"],
+                                 fns.full_weights(state["arch"], masks, key, b), masks, xv, yv,
                                  key)
-  corr = fns["correction"](state["params"], state["batch_stats"], state["arch"], masks, (x, y),
+  corr = fns.correction(state["params"], state["batch_stats"], state["arch"], masks, (x, y),
                            (xv, yv), gv, gu, key, state["step"])
   mixture = config.arch_optimizer.name == "xnas"
 
@@ -66,7 +68,7 @@ def test_darts_second_order_correction_is_the_unrolled_gradient_minus_first_orde
   config = tiny_config(arch_gradient="darts_second_order")
   config.arch_optimizer.name = arch_optimizer
   config.hypergrad.inner_lr = 0.05
-  state = train.init_state(train.build_search(config), jax.random.key(0))
+  state = search_setup.init_state(search_setup.build_search(config), jax.random.key(0))
   state["arch"] = jax.tree.map(  # away from uniform, so the softmax's Jacobian matters
       lambda a: a + jax.random.normal(jax.random.key(5), a.shape), state["arch"])
   corr, expect = _loop_correction_and_reference(
@@ -76,3 +78,4 @@ def test_darts_second_order_correction_is_the_unrolled_gradient_minus_first_orde
   for t in ("normal", "reduce"):
     assert float(jnp.abs(corr[t]).max()) > 0
     np.testing.assert_allclose(corr[t], expect[t], rtol=1e-3, atol=1e-6)
+

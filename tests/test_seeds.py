@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from search_configs import tiny_config
+from xnas_jax import search_setup
 from xnas_jax import train
 
 
@@ -38,8 +39,8 @@ def test_seed_k_of_a_two_seed_run_equals_a_single_run_with_seed_k(tmp_path):
 def test_xnas_seeds_keep_their_own_wipeout_masks(tmp_path):
   many = train.train_and_evaluate(tiny_config(num_seeds=2, epochs=1), str(tmp_path),
                                   progress=False)
-  search = train.build_search(tiny_config())
-  masks = train.live_masks(search, many["state"])
+  search = search_setup.build_search(tiny_config())
+  masks = search_setup.live_masks(search, many["state"])
   assert masks["normal"].shape == (2, 14, 7)
   # The final wipeout (t = T) leaves exactly one expert per edge in each seed.
   np.testing.assert_array_equal(np.asarray(masks["normal"]).sum(-1), 1)

@@ -8,6 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from xnas_jax import search_metrics
+from xnas_jax import search_setup
+from xnas_jax import search_steps
 from xnas_jax import checkpointing, train
 from search_configs import crash_then_resume, tiny_config
 
@@ -35,8 +38,8 @@ def test_end_to_end_search_writes_metrics_checkpoints_and_genotype(finished):
   ops = {op for op, _ in g["normal"] + g["reduce"]}
   assert "none" not in ops
   # The genotype never contains a wiped expert.
-  search = train.build_search(tiny_config())
-  masks = train.live_masks(search, result["state"])
+  search = search_setup.build_search(tiny_config())
+  masks = search_setup.live_masks(search, result["state"])
   space = search.net.space
   for t in ("normal", "reduce"):
     for (op, src), k in zip(g[t], _edge_ids(space, g[t])):
@@ -64,7 +67,7 @@ def test_resume_is_bit_identical(finished, tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   workdir = str(tmp_path)
-  original = train.search_step
+  original = search_steps.search_step
   calls = {"n": 0}
 
   def poisoned(*args, **kwargs):
@@ -72,11 +75,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     calls["n"] += 1
     return state, (m.at[2].set(np.nan) if calls["n"] == 5 else m)
 
-  monkeypatch.setattr(train, "search_step", poisoned)
+  monkeypatch.setattr(search_steps, "search_step", poisoned)
   with pytest.raises(train.SearchDiverged, match=r"non-finite val loss \(nan\) at step 4"):
     train.train_and_evaluate(tiny_config(), workdir, progress=False)
-  search = train.build_search(tiny_config())
-  abstract = jax.eval_shape(lambda: train.init_state(search, jax.random.key(0)))
+  search = search_setup.build_search(tiny_config())
+  abstract = jax.eval_shape(lambda: search_setup.init_state(search, jax.random.key(0)))
   mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
   restored = checkpointing.restore_newest(mngr, lambda meta: abstract).state
   mngr.close()
@@ -145,11 +148,11 @@ def test_a_diverging_search_is_flagged(tmp_path):
 
 def test_divergence_rules():
   first = {"epoch": 1, "train_loss": 2.0, "val_acc": 0.3}
-  assert train.divergence_warning(dict(first, epoch=2, train_loss=1.0, val_acc=0.5), first, 10) is None
-  assert "30x epoch 1's" in train.divergence_warning(
+  assert search_metrics.divergence_warning(dict(first, epoch=2, train_loss=1.0, val_acc=0.5), first, 10) is None
+  assert "30x epoch 1's" in search_metrics.divergence_warning(
       dict(first, epoch=2, train_loss=60.0, val_acc=0.5), first, 10)
-  assert "at chance (1/10)" in train.divergence_warning(
+  assert "at chance (1/10)" in search_metrics.divergence_warning(
       dict(first, epoch=3, train_loss=2.0, val_acc=0.11), first, 10)
-  assert train.divergence_warning(first, first, 10) is None  # epoch 1 is never at chance yet
-  assert "a uniform guess's (ln 10" in train.divergence_warning(
+  assert search_metrics.divergence_warning(first, first, 10) is None  # epoch 1 is never at chance yet
+  assert "a uniform guess's (ln 10" in search_metrics.divergence_warning(
       dict(first, train_loss=25.0), dict(first, train_loss=25.0), 10)

@@ -166,6 +166,13 @@ def resume(mngr: ocp.CheckpointManager, workdir: str, config: dict[str, Any],
   return restored
 
 
+def append_metrics(path: str, rows: list[dict[str, Any]]) -> None:
+  """Appends one JSON line per row to the metrics file ``path``."""
+  with open(path, "a") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+
+
 def truncate_metrics(path: str, keep_epochs: int) -> None:
   """Drops the lines of a ``metrics.jsonl`` whose epoch is later than the
   restored checkpoint's, so that a resumed run does not write them twice."""

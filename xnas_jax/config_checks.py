@@ -33,13 +33,17 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+class ConfigError(ValueError):
+  """A bad configuration value (reported in one line)."""
+
+
 def get(config: Any, key: str) -> Any:
   for part in key.split("."):
     config = config[part]
   return config
 
 
-def check(config: Any, rules: Iterable[tuple[str, str]], error: type = ValueError) -> None:
+def check(config: Any, rules: Iterable[tuple[str, str]], error: type = ConfigError) -> None:
   """Raises ``error`` naming the first key whose value breaks its rule."""
   for key, kind in rules:
     ok, expected = KINDS[kind]
@@ -48,7 +52,8 @@ def check(config: Any, rules: Iterable[tuple[str, str]], error: type = ValueErro
       raise error(f"{key} must be {expected}, got {value!r}")
 
 
-def check_choice(config: Any, key: str, choices: Sequence[str], error: type = ValueError) -> None:
+def check_choice(config: Any, key: str, choices: Sequence[str],
+                 error: type = ConfigError) -> None:
   value = get(config, key)
   if value not in choices:
     raise error(f"unknown {key} {value!r}; expected one of {list(choices)}")

@@ -29,7 +29,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+
+from xnas_jax import config_checks
 
 PyTree = Any
 Loss = Callable[[PyTree, PyTree, Any], jax.Array]
@@ -179,3 +182,60 @@ def hypergradient(method: str, train_loss: Loss, val_loss: Loss, weights: PyTree
   if method not in fns:
     raise ValueError(f"unknown arch_gradient {method!r}; expected one of {list(METHODS)}")
   return fns[method](train_loss, val_loss, weights, arch, train_batch, val_batch, **options)
+
+
+# --------------------------------------------------------------------------
+# The search's view: what an estimator adds to the first-order gradient it
+# already has, and the config section ``hypergrad``.
+
+def _darts_correction(loss, weights, arch, train_batch, val_batch, val_weight_grad,
+                      first_order_grad, **options):
+  del val_weight_grad
+  return jax.tree.map(jnp.subtract, darts_second_order(loss, loss, weights, arch, train_batch,
+                                                       val_batch, **options), first_order_grad)
+
+
+def _amended_correction(loss, weights, arch, train_batch, val_batch, val_weight_grad,
+                        first_order_grad, **options):
+  del val_batch, first_order_grad
+  return amended_term(loss, weights, arch, train_batch, val_weight_grad, **options)
+
+
+def _implicit_correction(loss, weights, arch, train_batch, val_batch, val_weight_grad,
+                         first_order_grad, **options):
+  del val_batch, first_order_grad
+  return implicit_term(loss, weights, arch, train_batch, val_weight_grad, **options)
+
+
+# ``correction(loss, weights, arch, train_batch, val_batch, val_weight_grad,
+# first_order_grad, **options)``: the estimator's gradient minus the first
+# order one, given the gradients of the mean validation loss the search has
+# already computed w.r.t. the weights (``val_weight_grad``) and ``arch``.
+CORRECTIONS = {"darts_second_order": _darts_correction, "amended": _amended_correction,
+               "implicit": _implicit_correction}
+
+RULES = (("hypergrad.inner_lr", "optional_positive"), ("hypergrad.exact", "bool"),
+         ("hypergrad.epsilon", "positive"), ("hypergrad.coefficient", "positive"),
+         ("hypergrad.maxiter", "positive_int"), ("hypergrad.damping", "nonnegative"),
+         ("hypergrad.neumann_lr", "positive"))
+
+
+def validate(config: ml_collections.ConfigDict, error: type = config_checks.ConfigError) -> None:
+  """Checks ``config.arch_gradient`` and ``config.hypergrad``."""
+  config_checks.check_choice(config, "arch_gradient", METHODS, error)
+  config_checks.check_choice(config, "hypergrad.solver", ("cg", "neumann"), error)
+  config_checks.check(config, RULES, error)
+
+
+def options(config: ml_collections.ConfigDict, weight_lr: jax.Array) -> dict[str, Any]:
+  """The keyword options of ``config.arch_gradient``'s estimator; DARTS's
+  ``xi`` defaults to the weight learning rate of the step."""
+  h = config.hypergrad
+  return {
+      "first_order": {},
+      "darts_second_order": {"inner_lr": weight_lr if h.inner_lr is None else h.inner_lr,
+                             "exact": h.exact, "epsilon": h.epsilon},
+      "amended": {"coefficient": h.coefficient},
+      "implicit": {"maxiter": h.maxiter, "damping": h.damping, "solver": h.solver,
+                   "neumann_lr": h.neumann_lr},
+  }[config.arch_gradient]

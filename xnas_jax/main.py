@@ -13,6 +13,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from xnas_jax import cli
+from xnas_jax import input_pipeline
+from xnas_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search configuration file.",
                                           lock_config=True)
@@ -28,7 +30,6 @@ def run(argv: list[str] | None = None) -> None:
   cli.parse_flags("xnas-search", sys.argv if argv is None else argv)
   config = cli.load_config("xnas-search", _CONFIG, flags.FLAGS["config"].serialize().split("=", 1)[-1])
   workdir = cli.check_workdir("xnas-search", _WORKDIR.value)
-  from xnas_jax import input_pipeline, train  # pylint: disable=import-outside-toplevel
   cli.enable_compilation_cache()
   try:
     result = train.train_and_evaluate(config, workdir, progress=_PROGRESS.value)

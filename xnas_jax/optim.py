@@ -75,6 +75,56 @@ def clip_rewards(grad_bound: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def per_copy_rewards(grad_bound: float) -> optax.GradientTransformationExtraArgs:
+  """Theorem 1's L-bounded rewards, one per validation example and cell replica.
+
+  The search feeds XNAS the gradient w.r.t. a copy of the mixture weights per
+  cell replica and example, ``g`` of shape ``[R, B, E, N]`` (sec. 3.1: every
+  such copy is one round of the forecaster, ``T_c = d E r_c``).  Each copy's
+  ``g + correction / R`` is clipped to ``[-L, L]`` and the copies are summed,
+  so one update accounts for ``R B`` rounds (``wipeout(rewards_per_step=R B)``).
+
+  ``correction`` (extra argument, shape ``[E, N]``, at the scale of the mean
+  loss over the batch) is what a hypergradient estimator adds to the first
+  order gradient; split evenly over the ``R`` replicas, the copies' summed
+  rewards carry the batch's hypergradient at the scale of the summed loss.
+  """
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, *, correction=None, **extra_args):
+    del params, extra_args
+    if correction is None:
+      correction = jax.tree.map(lambda g: jnp.zeros(g.shape[2:], g.dtype), updates)
+    clipped = jax.tree.map(
+        lambda g, c: jnp.sum(jnp.clip(g + c / g.shape[0], -grad_bound, grad_bound), axis=(0, 1)),
+        updates, correction)
+    return clipped, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def batch_mean_rewards() -> optax.GradientTransformationExtraArgs:
+  """One round per step: the per-copy gradients ``[R, B, E, N]`` of the
+  summed loss become the gradient of the batch's mean loss w.r.t. the shared
+  mixture weights (summed over replicas), plus ``correction`` (extra argument,
+  mean-loss scale).  Chain ``clip_rewards(R L)`` after it: the summed reward
+  of ``R`` replicas is bounded by ``R L``."""
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, *, correction=None, **extra_args):
+    del params, extra_args
+    g = jax.tree.map(lambda g: jnp.sum(g, axis=(0, 1)) / g.shape[1], updates)
+    if correction is not None:
+      g = jax.tree.map(jnp.add, g, correction)
+    return g, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def exponentiated_gradient(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
   """The EG step of Alg. 1, line 9, in log space: ``a <- a + eta * R = a - eta * g``.
 
@@ -198,10 +248,29 @@ def darts_adam(learning_rate: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
                      optax.scale(-learning_rate))
 
 
+def darts_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
+              weight_decay: float = 3e-4, grad_clip: float = 5.0,
+              nesterov: bool = False) -> optax.GradientTransformation:
+  """DARTS's weight optimizer (search and retraining): the gradient clipped
+  to global norm ``grad_clip``, L2 decay added to it, momentum SGD."""
+  return optax.chain(optax.clip_by_global_norm(grad_clip),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+
+
 def active_mask(state: optax.OptState) -> PyTree | None:
-  """The wipeout mask inside a (possibly nested) optimizer state, or ``None``."""
-  try:
-    found = optax.tree_utils.tree_get(state, "mask")
-  except KeyError:
+  """The wipeout mask inside a (possibly nested) optimizer state, or ``None``.
+
+  Masks of several ``wipeout`` transformations (one per ``optax.partition``
+  label) are merged into one tree: each part comes from the member that
+  owns it (the others hold ``optax.MaskedNode`` there).
+  """
+  found = [m for _, m in optax.tree_utils.tree_get_all_with_path(state, "mask")]
+  if not found:
     return None
-  return found
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+
+  def merge(*parts):
+    owned = [p for p in parts if not masked(p)]
+    return owned[0] if owned else optax.MaskedNode()
+  return jax.tree.map(merge, *found, is_leaf=masked)

@@ -24,7 +24,7 @@ perturbed supernet.
 ``select`` works on any supernet this library trains (XNAS, DARTS, amended,
 DrNAS, and the fixed-alpha supernet of ``arch_optimizer.name = "frozen"``):
 it reads the mixture weights through ``Search.mixture`` and the live experts
-through ``train.live_masks``.  Fine-tuning trains the network weights only,
+through ``search_setup.live_masks``.  Fine-tuning trains the network weights only,
 with momentum SGD at a constant learning rate (``pt.learning_rate``).
 """
 from __future__ import annotations
@@ -38,7 +38,9 @@ import numpy as np
 import optax
 
 from xnas_jax import input_pipeline
+from xnas_jax import search_steps
 from xnas_jax.genotype import Genotype
+from xnas_jax.search_setup import live_masks, weight_optimizer
 from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, SearchSpace
 
 PyTree = Any
@@ -175,22 +177,23 @@ def genotype_of(space: SearchSpace, proj: Projection) -> Genotype:
 
 
 def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float = 0.01,
-           key: jax.Array | None = None, fns: dict[str, Callable] | None = None,
+           key: jax.Array | None = None, fns: search_steps.StepFunctions | None = None,
+           fallback: Weights | None = None,
            ) -> tuple[Genotype, list[dict[str, Any]], PyTree]:
-  """Perturbation-based selection on a trained search (``train.Search`` and
-  its state); returns the genotype, the decision log and the tuned state.
+  """Perturbation-based selection on a trained search (``search_setup.Search``
+  and its state); returns the genotype, the decision log and the tuned state.
 
   Fine-tuning runs ``tune_epochs`` epochs of weight steps on the weights half
   of the search split after each decision.  Validation accuracies are over
-  every full batch of the architecture half.
+  every full batch of the architecture half.  ``fallback``: the weights that
+  choose the op of a ``none``-only edge (``select_core``).
   """
-  from xnas_jax import train  # pylint: disable=import-outside-toplevel
-  fns = fns or train.make_functions(search)
+  fns = fns or search_steps.step_functions(search)
   cfg, net, data = search.config, search.net, search.data
   b = cfg.batch_size
   key = jax.random.key(cfg.seed + 2) if key is None else key
   k_order, k_tune = jax.random.split(key)
-  masks0 = train.live_masks(search, state)
+  masks0 = live_masks(search, state)
   u0 = {t: np.asarray(v, np.float32)
         for t, v in search.mixture(state["arch"], masks0).items()}
   masks0 = {t: np.asarray(v, bool) for t, v in masks0.items()}
@@ -208,9 +211,7 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
       return None, jnp.sum(jnp.argmax(logits, -1) == xy[1])
     return jnp.sum(jax.lax.scan(one, None, (xv, yv))[1]) / n_val
 
-  tx = optax.chain(optax.clip_by_global_norm(cfg.weight_optimizer.grad_clip),
-                   optax.add_decayed_weights(cfg.weight_optimizer.weight_decay),
-                   optax.sgd(learning_rate, momentum=cfg.weight_optimizer.momentum))
+  tx = weight_optimizer(cfg.weight_optimizer, learning_rate)
 
   @jax.jit
   def apply_update(params, opt_state, g_params):
@@ -229,7 +230,7 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
 
   def tune(u, masks):
     tuned["round"] += 1
-    u_full = train.per_copy_weights(net, _as_jax(u), b)
+    u_full = search_steps.per_copy_weights(net, _as_jax(u), b)
     m = _as_jax(masks)
     k_round = jax.random.fold_in(k_tune, tuned["round"])
     for epoch in range(tune_epochs):
@@ -237,15 +238,14 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
       for i, idx in enumerate(batches):
         k = jax.random.fold_in(jax.random.fold_in(k_round, epoch), i)
         k_aug, k_noise = jax.random.split(k)
-        x, y = fns["prepare"](*train_data, jnp.asarray(idx), k_aug, True)
-        _, _, g_params, _, stats = fns["grads"](tuned["params"], tuned["batch_stats"], u_full,
+        x, y = fns.prepare(*train_data, jnp.asarray(idx), k_aug, True)
+        _, _, g_params, _, stats = fns.grads(tuned["params"], tuned["batch_stats"], u_full,
                                                 m, x, y, k_noise)
         tuned["params"], tuned["opt_state"] = apply_update(tuned["params"],
                                                            tuned["opt_state"], g_params)
         tuned["batch_stats"] = stats
 
-  genotype, log = select_core(net.space, u0, masks0, accuracy, tune, k_order,
-                              fallback=train.selection_weights(search, state))
+  genotype, log = select_core(net.space, u0, masks0, accuracy, tune, k_order, fallback=fallback)
   return genotype, log, dict(state, params=tuned["params"], batch_stats=tuned["batch_stats"])
 
 

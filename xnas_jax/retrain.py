@@ -33,6 +33,7 @@ from xnas_jax import config_checks
 from xnas_jax import cli
 from xnas_jax import evalnet
 from xnas_jax import input_pipeline
+from xnas_jax import optim
 from xnas_jax import parallel
 from xnas_jax.genotype import Genotype
 from xnas_jax.search_space import ALL_OPS
@@ -40,8 +41,7 @@ from xnas_jax.search_space import ALL_OPS
 PyTree = Any
 
 
-class ConfigError(ValueError):
-  """A bad configuration value (reported in one line)."""
+ConfigError = config_checks.ConfigError
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,9 +105,8 @@ def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
   steps = len(train) // config.batch_size
   schedule = optax.cosine_decay_schedule(config.learning_rate, steps * config.epochs,
                                          alpha=config.min_learning_rate / config.learning_rate)
-  tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                   optax.add_decayed_weights(config.weight_decay),
-                   optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+  tx = optim.darts_sgd(schedule, config.momentum, config.weight_decay, config.grad_clip,
+                       nesterov=config.nesterov)
   return Retraining(config, genotype, net, train, data.test, data.mean, data.std, tx, steps)
 
 
@@ -236,8 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
       summary = {"epoch": epoch + 1, "train_loss": float(out[:, 0].mean()),
                  "train_acc": float(out[:, 1].sum() / (steps * b)),
                  "epoch_time_s": round(time.time() - t0, 3)}
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(summary) + "\n")
+      checkpointing.append_metrics(metrics_path, [summary])
       checkpointing.save(manager, epoch + 1, state, {"genotype": genotype.to_dict()})
   finally:
     manager.wait_until_finished()

@@ -14,6 +14,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from xnas_jax import cli
+from xnas_jax import input_pipeline
+from xnas_jax import retrain
+from xnas_jax.genotype import Genotype
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining configuration file.",
                                           lock_config=True)
@@ -32,8 +35,6 @@ def run(argv: list[str] | None = None) -> None:
   if not _GENOTYPE.value:
     _fail("--genotype is required")
   workdir = cli.check_workdir("xnas-train", _WORKDIR.value)
-  from xnas_jax import input_pipeline, retrain  # pylint: disable=import-outside-toplevel
-  from xnas_jax.genotype import Genotype  # pylint: disable=import-outside-toplevel
   try:
     with open(_GENOTYPE.value) as f:
       genotype = Genotype.from_json(f.read())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import tempfile
 from typing import Callable
 
 import jax
@@ -27,7 +28,9 @@ import numpy as np
 import optax
 
 from xnas_jax import arch as arch_lib
+from xnas_jax import config_defaults
 from xnas_jax import optim
+from xnas_jax import train
 
 METHODS = ("xnas", "gd_softmax")
 Loss = Callable[[jax.Array, jax.Array], jax.Array]  # (p, step) -> scalar
@@ -229,8 +232,6 @@ def entropy_vs_weight_decay(weight_decays, *, epochs: int = 4, seed: int = 0, ch
   architecture optimizer.  The architecture learning rate is 100x DARTS's so
   that a search of a few dozen steps moves the logits as far as a full one.
   Returns a list of ``(weight_decay, entropy)``."""
-  import tempfile  # pylint: disable=import-outside-toplevel
-  from xnas_jax import config_defaults, train  # pylint: disable=import-outside-toplevel
   out = []
   for wd in weight_decays:
     c = config_defaults.base_config()

@@ -1,0 +1,143 @@
+"""Architecture optimizers, chosen by name from a registry.
+
+Each optimizer is one module of this package with
+
+* ``RULES``: the range of every key of ``config.arch_optimizer`` it reads
+  (``config_checks`` rules, keys relative to ``arch_optimizer``);
+* ``HYPERGRADIENTS``: the ``config.arch_gradient`` estimators it accepts;
+* ``build(config, shape) -> ArchOptimizer``.
+
+The search loop composes what ``ArchOptimizer`` holds and never tests an
+optimizer's name, as big_vision picks its models with
+``importlib.import_module(f"big_vision.models.{config.model_name}")``.
+Adding an optimizer is one new module here plus its config keys.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from xnas_jax import arch as arch_lib
+from xnas_jax import config_checks
+from xnas_jax.search_space import CELL_TYPES, SearchSpace
+
+PyTree = Any
+Masks = dict[str, jax.Array]
+
+# The order of a search step's two halves (XNAS Alg. 1 updates the weights,
+# then the experts; DARTS's Alg. 1 takes the architecture step first, so its
+# unrolled model starts from the weights before the weight step).
+WEIGHTS_FIRST = "weights_first"
+ARCH_FIRST = "arch_first"
+
+
+class SearchShape(NamedTuple):
+  """What an optimizer may need to know about the search it serves."""
+  space: SearchSpace
+  replicas: dict[str, int]  # cells of each type in the supernet
+  default_masks: dict[str, np.ndarray]  # experts that exist, per cell type [E, N]
+  batch_size: int
+  steps_per_epoch: int
+  epochs: int
+
+
+class ArchOptimizer(NamedTuple):
+  """An architecture optimizer as the search loop uses it.
+
+  Attributes:
+    tx: the optax transformation of the architecture parameters.  Its
+      ``update(grads, state, params, correction=...)`` takes what
+      ``gradient`` returns; ``correction`` is a hypergradient estimator's
+      term (mean-loss scale, w.r.t. ``gradient_wrt``).
+    gradient_wrt: the coordinates of ``correction``: ``optim.GRADIENT_WRT_MIXTURE``
+      (``u``) or ``optim.GRADIENT_WRT_LOGITS`` (the parameters).
+    mixture: ``(arch, masks, key=None) -> u``, the mixture weights (a sample
+      when the optimizer draws one and ``key`` is given).
+    gradient: ``(arch, masks, g_u, correction, key) -> grads`` for ``tx`` from
+      the gradient program's per-copy ``dloss/du`` ``[R, B, E, N]`` (summed loss).
+    init_scale: the architecture parameters start at ``init_scale * N(0, 1)``
+      (0: uniform mixture).
+    step_order: ``WEIGHTS_FIRST`` or ``ARCH_FIRST``.
+    warmup_epochs: epochs of weight steps only before the first architecture step.
+    learning_rates, rewards_per_step, horizons, reward_bounds: per cell type,
+      XNAS's eta, rounds per step, T and L (empty for the others); zeta its
+      wipeout relaxation.
+  """
+  tx: optax.GradientTransformationExtraArgs
+  gradient_wrt: str
+  mixture: Callable[..., dict[str, jax.Array]]
+  gradient: Callable[..., PyTree]
+  init_scale: float = 0.0
+  step_order: str = WEIGHTS_FIRST
+  warmup_epochs: int = 0
+  learning_rates: dict[str, float] = {}
+  rewards_per_step: dict[str, int] = {}
+  horizons: dict[str, int] = {}
+  reward_bounds: dict[str, float] = {}
+  zeta: float = 1.0
+
+
+def names() -> tuple[str, ...]:
+  """The registered optimizers: the modules of this package."""
+  return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+
+
+def get(name: str):
+  """The module of optimizer ``name``."""
+  if name not in names():
+    raise ValueError(f"arch_optimizer.name {name!r} is not one of {', '.join(names())}")
+  return importlib.import_module(f"{__name__}.{name}")
+
+
+def validate(config: ml_collections.ConfigDict, error: type = ValueError) -> None:
+  """Checks ``config.arch_optimizer`` and its compatibility with ``config.arch_gradient``."""
+  config_checks.check_choice(config, "arch_optimizer.name", names(), error)
+  module = get(config.arch_optimizer.name)
+  config_checks.check(config, [(f"arch_optimizer.{k}", kind) for k, kind in module.RULES], error)
+  if config.arch_gradient not in module.HYPERGRADIENTS:
+    raise error(f"arch_gradient {config.arch_gradient!r} is not available with arch_optimizer "
+                f"{config.arch_optimizer.name!r} ({' or '.join(module.HYPERGRADIENTS)} only)")
+
+
+def build(config: ml_collections.ConfigDict, shape: SearchShape) -> ArchOptimizer:
+  return get(config.arch_optimizer.name).build(config, shape)
+
+
+def shared_gradient(g_u: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Per-copy summed-loss gradients ``[R, B, E, N]`` -> the gradient of the
+  batch's mean loss w.r.t. the shared ``u`` ``[E, N]``."""
+  return {t: jnp.sum(g_u[t], axis=(0, 1)) / g_u[t].shape[1] for t in CELL_TYPES}
+
+
+def logit_gradient(mixture: Callable[..., dict[str, jax.Array]],
+                   regularizer: Callable[[PyTree], jax.Array] | None = None) -> Callable[..., PyTree]:
+  """``gradient`` of an optimizer of the parameters behind ``mixture``: the
+  batch's mean-loss gradient pulled back through ``mixture`` (drawn with the
+  step's ``key``), plus the correction, plus the regularizer's gradient."""
+  def gradient(arch, masks, g_u, correction, key):
+    _, vjp = jax.vjp(lambda a: mixture(a, masks, key), arch)
+    g = vjp(shared_gradient(g_u))[0]
+    g_reg = (jax.grad(regularizer)(arch) if regularizer is not None
+             else jax.tree.map(jnp.zeros_like, arch))
+    return jax.tree.map(lambda a, b, c: a + b + c, g, correction, g_reg)
+  return gradient
+
+
+def softmax_mixture(arch, masks, key=None):
+  """``u = softmax(a)`` over the live experts (DARTS; XNAS eq. 1 with ``a = ln v``)."""
+  del key
+  return arch_lib.mixture_weights(arch, masks)
+
+
+def with_correction_as_extra_arg(tx: optax.GradientTransformation
+                                 ) -> optax.GradientTransformationExtraArgs:
+  """``tx`` that accepts (and ignores) the ``correction`` extra argument:
+  the logit optimizers get it through ``gradient`` already."""
+  return optax.with_extra_args_support(tx)

@@ -1,0 +1,181 @@
+"""Building a search: its config checks, network, optimizers, data and state.
+
+``build_search(config) -> Search`` holds everything static about a search;
+``init_state(search, key)`` its state, a plain pytree of arrays (what is
+checkpointed).  The architecture optimizer comes from the registry in
+``xnas_jax.arch_optimizers``; nothing here tests its name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from xnas_jax import arch as arch_lib
+from xnas_jax import arch_optimizers
+from xnas_jax import config_checks
+from xnas_jax import hypergrad
+from xnas_jax import input_pipeline
+from xnas_jax import ops as ops_lib
+from xnas_jax import optim
+from xnas_jax import parallel
+from xnas_jax import rebuild as rebuild_lib
+from xnas_jax.search_space import CELL_TYPES, OP_SETS, TOPOLOGIES, get_search_space
+from xnas_jax.supernet import Supernet
+
+PyTree = Any
+ConfigError = config_checks.ConfigError
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# The range of every numeric and boolean key of the search's own sections
+# (the architecture optimizer and hypergradient sections are checked by
+# arch_optimizers and hypergrad; the selection's by selection).
+RULES = (
+    ("limit", "nonnegative_int"), ("seed", "nonnegative_int"), ("num_seeds", "positive_int"),
+    ("channels", "positive_int"), ("num_cells", "positive_int"), ("batch_size", "positive_int"),
+    ("num_devices", "nonnegative_int"), ("epochs", "positive_int"), ("rebuild_wiped", "bool"),
+    ("augment.pad", "nonnegative_int"), ("augment.flip", "bool"),
+    ("weight_optimizer.learning_rate", "positive"),
+    ("weight_optimizer.min_learning_rate", "nonnegative"),
+    ("weight_optimizer.momentum", "unit_open"), ("weight_optimizer.weight_decay", "nonnegative"),
+    ("weight_optimizer.grad_clip", "positive"),
+)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ConfigError`` naming the first bad value of the sections a
+  search is built from."""
+  choose = lambda key, choices: config_checks.check_choice(config, key, choices, ConfigError)
+  choose("dataset", input_pipeline.DATASETS)
+  choose("op_set", sorted(OP_SETS))
+  choose("topology", TOPOLOGIES)
+  choose("compute_dtype", COMPUTE_DTYPES)
+  choose("depthwise_impl", ops_lib.DEPTHWISE_IMPLS)
+  config_checks.check(config, RULES, ConfigError)
+  hypergrad.validate(config, ConfigError)
+  arch_optimizers.validate(config, ConfigError)
+  device_error = parallel.device_config_error(config.num_devices, config.batch_size)
+  if device_error:
+    raise ConfigError(device_error)
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+  """Everything static about a search: network, optimizers, data, schedule."""
+  config: ml_collections.ConfigDict
+  net: Supernet
+  data: input_pipeline.SearchData
+  weight_tx: optax.GradientTransformation
+  arch_opt: arch_optimizers.ArchOptimizer
+  steps_per_epoch: int
+
+  def mixture(self, arch: PyTree, masks: dict[str, jax.Array],
+              key: jax.Array | None = None) -> dict[str, jax.Array]:
+    """The mixture weights ``u`` of architecture parameters ``arch``."""
+    return self.arch_opt.mixture(arch, masks, key)
+
+
+def depthwise_impl(config: ml_collections.ConfigDict) -> str:
+  """``config.depthwise_impl``, where "auto" keeps XLA's grouped convolution
+  for the second-order hypergradients: their programs differentiate the
+  supernet twice (a jvp of its gradient), and the k*k slices of the shifted
+  form then take XLA:CPU over 20 minutes and 11 GB to compile (a DARTS
+  second-order correction on the tests' tiny supernet), against about two
+  minutes with grouped convolutions."""
+  if config.depthwise_impl == "auto" and config.arch_gradient != "first_order":
+    return "grouped"
+  return config.depthwise_impl
+
+
+def weight_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """DARTS's cosine schedule of the weight learning rate."""
+  return optax.cosine_decay_schedule(
+      cfg.learning_rate, max(total_steps, 1), alpha=cfg.min_learning_rate / cfg.learning_rate)
+
+
+def weight_optimizer(cfg: ml_collections.ConfigDict,
+                     learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+  """DARTS's weight optimizer: clip, L2 decay, momentum SGD (search, DARTS-PT's tuning)."""
+  return optim.darts_sgd(learning_rate, cfg.momentum, cfg.weight_decay, cfg.grad_clip)
+
+
+def build_search(config: ml_collections.ConfigDict) -> Search:
+  """Validates the config, loads the data and builds network and optimizers."""
+  validate_config(config)
+  space = get_search_space(config.op_set, config.topology)
+  data = input_pipeline.load_search_data(config.dataset, config.seed, data_dir=config.data_dir or None,
+                                         limit=config.get("limit", 0))
+  b = config.batch_size
+  if b > len(data.train) or b > len(data.val):
+    raise ConfigError(f"batch_size {b} is larger than the data "
+                      f"({len(data.train)} train / {len(data.val)} val examples)")
+  net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells,
+                 depthwise_impl=depthwise_impl(config))
+  steps = min(len(data.train), len(data.val)) // b
+  shape = arch_optimizers.SearchShape(space, dict(net.replicas), net.default_masks(), b, steps,
+                                      config.epochs)
+  weight_tx = weight_optimizer(config.weight_optimizer,
+                               weight_schedule(config.weight_optimizer, steps * config.epochs))
+  return Search(config, net, data, weight_tx, arch_optimizers.build(config, shape), steps)
+
+
+def init_state(search: Search, key: jax.Array) -> PyTree:
+  """The search state, a plain pytree of arrays."""
+  k_net, k_arch, k_data = jax.random.split(key, 3)
+  x = jnp.zeros((search.config.batch_size,) + search.data.image_shape, jnp.float32)
+  variables = search.net.init(k_net, x)
+  arch = arch_lib.init_arch_params(search.net.space, k_arch, search.arch_opt.init_scale)
+  return {
+      "step": jnp.zeros([], jnp.int32),
+      "epoch": jnp.zeros([], jnp.int32),
+      "params": variables["params"],
+      "batch_stats": variables["batch_stats"],
+      "opt_state": search.weight_tx.init(variables["params"]),
+      "arch": arch,
+      "arch_opt_state": search.arch_opt.tx.init(arch),
+      "data_key": jax.random.key_data(k_data),
+  }
+
+
+def live_masks(search: Search, state: PyTree) -> dict[str, jax.Array]:
+  """Experts still active: the space's own sets and, where the optimizer
+  keeps one, its wipeout mask (``optim.active_mask``)."""
+  masks = search.net.default_masks()
+  wiped = optim.active_mask(state["arch_opt_state"])
+  for t in CELL_TYPES:
+    if wiped is not None and not isinstance(wiped.get(t), (optax.MaskedNode, type(None))):
+      masks[t] = masks[t] & wiped[t]
+  return masks
+
+
+def with_active_ops(search: Search, active_ops: rebuild_lib.ActiveOps) -> Search:
+  """The same search over a supernet that builds only ``active_ops``."""
+  return dataclasses.replace(
+      search, net=dataclasses.replace(search.net, active_ops=tuple(map(tuple, active_ops))))
+
+
+def built_ops(search: Search) -> rebuild_lib.ActiveOps:
+  return tuple(search.net.built_ops(t) for t in CELL_TYPES)
+
+
+def rebuild(search: Search, state: PyTree) -> tuple[Search, PyTree, dict[str, list[str]]]:
+  """Drops the ops wiped on every edge of a cell type from the supernet.
+
+  Returns the rebuilt search, the state with the dropped ops' parameters,
+  batch statistics and weight-optimizer slots removed (everything else as it
+  was), and the dropped ops per cell type (empty lists: nothing to rebuild).
+  """
+  active = rebuild_lib.surviving_ops(search.net, live_masks(search, state))
+  dropped = rebuild_lib.dropped_ops(search.net, active)
+  if not any(dropped.values()):
+    return search, state, dropped
+  new = with_active_ops(search, active)
+  abstract = jax.eval_shape(lambda: init_state(new, jax.random.key(0)))
+  state = dict(state, **{k: rebuild_lib.carry_over(state[k], abstract[k])
+                         for k in ("params", "batch_stats", "opt_state")})
+  return new, state, dropped

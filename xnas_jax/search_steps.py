@@ -1,0 +1,208 @@
+"""The search's step functions (XNAS Alg. 1, lines 4-12; DARTS Alg. 1).
+
+One step is a weight step on a batch of the weights half (DARTS's momentum
+SGD) and an architecture step on a batch of the architecture half, through
+the search's ``ArchOptimizer``.  One gradient program serves both: it
+returns the loss, the gradient w.r.t. the network weights and the gradient
+w.r.t. a copy of the mixture weights per cell replica and example
+(``[replicas, batch, edges, experts]``), so XLA compiles the supernet's
+backward pass once.
+
+The pieces are module-level functions of the (static) ``Search``;
+``step_functions(search)`` jits them once per network structure and returns
+them as a ``StepFunctions``, which ``search_step``, perturbation selection
+and the benchmarks share.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from xnas_jax import hypergrad
+from xnas_jax import input_pipeline
+from xnas_jax import optim
+from xnas_jax.arch_optimizers import shared_gradient
+from xnas_jax.search_setup import COMPUTE_DTYPES, Search, live_masks, weight_schedule
+from xnas_jax.search_space import CELL_TYPES
+from xnas_jax.supernet import Supernet
+
+PyTree = Any
+
+
+def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32") -> Callable:
+  """The search's gradient program (unjitted): ``(params, batch_stats, u_full,
+  masks, x, y, rng) -> (loss, correct, g_params, g_u, new_batch_stats)``.
+
+  ``loss`` is the summed cross-entropy; ``g_u`` its gradient w.r.t. the
+  per-replica, per-example copies ``u_full`` of the mixture weights.
+
+  ``compute_dtype="bfloat16"`` runs the supernet in bfloat16: parameters,
+  mixture weights and images are cast on the way in (so their gradients come
+  back in float32, the dtype of the state), batch-norm statistics are
+  reduced in float32 (Flax's default), and the loss is taken in float32.
+  """
+  dtype = COMPUTE_DTYPES[compute_dtype]
+
+  def loss_and_grads(params, batch_stats, u_full, masks, x, y, rng):
+    def loss_fn(params, u_full):
+      cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)
+      logits, new_stats = net.apply({"params": cast(params), "batch_stats": batch_stats},
+                                    x.astype(dtype), u_full, masks, train=True, rng=rng)
+      new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), new_stats, batch_stats)
+      logits = logits.astype(jnp.float32)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return jnp.sum(losses), (new_stats, jnp.sum(jnp.argmax(logits, -1) == y))
+    (loss, (new_stats, correct)), (g_params, g_u) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(params, u_full)
+    return loss, correct, g_params, g_u, new_stats
+  return loss_and_grads
+
+
+def per_copy_weights(net: Supernet, u: dict[str, jax.Array], batch: int) -> dict[str, jax.Array]:
+  """``u[t]`` ``[E, N]`` broadcast to one copy per replica and example ``[R, B, E, N]``."""
+  return {t: jnp.broadcast_to(u[t], (max(net.replicas[t], 1), batch) + u[t].shape)
+          for t in CELL_TYPES}
+
+
+def prepare(search: Search, images, labels, mean, std, idx, key, augment: bool):
+  """A batch by index: gathered, augmented (``augment``) and standardized."""
+  x, y = images[idx], labels[idx]
+  if augment:
+    x = input_pipeline.augment(key, x, pad=search.config.augment.pad,
+                               flip=search.config.augment.flip)
+  return input_pipeline.standardize(x, mean, std), y
+
+
+def full_weights(search: Search, arch, masks, key, batch: int):
+  """The step's mixture weights (a sample with ``key`` where the optimizer
+  draws one), one copy per replica and example."""
+  return per_copy_weights(search.net, search.mixture(arch, masks, key), batch)
+
+
+def weight_update(search: Search, params, opt_state, g_params, batch: int):
+  """The weight step on the gradient of the batch's mean loss."""
+  g = jax.tree.map(lambda a: a / batch, g_params)
+  updates, opt_state = search.weight_tx.update(g, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def correction(search: Search, params, batch_stats, arch, masks, train_batch, val_batch,
+               val_weight_grad, val_g_u, rng, step):
+  """What ``config.arch_gradient`` adds to the first-order gradient of the
+  mean validation loss, w.r.t. the optimizer's ``gradient_wrt`` coordinates.
+
+  ``val_weight_grad`` and ``val_g_u`` are the summed-loss gradients (weights,
+  per-copy mixture weights) the gradient program already computed on
+  ``val_batch``: the amended and implicit terms reuse the first, DARTS's
+  second order subtracts the first-order gradient made from the second
+  instead of computing it again.
+  """
+  net, cfg = search.net, search.config
+  mixture = search.arch_opt.gradient_wrt == optim.GRADIENT_WRT_MIXTURE
+  a0 = search.mixture(arch, masks) if mixture else arch
+
+  def loss(p, a, batch):
+    u = a if mixture else search.mixture(a, masks)
+    logits, _ = net.apply({"params": p, "batch_stats": batch_stats}, batch[0], u, masks,
+                          train=True, rng=rng)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
+
+  schedule = weight_schedule(cfg.weight_optimizer, search.steps_per_epoch * cfg.epochs)
+  opts = hypergrad.options(cfg, schedule(step))
+  v = jax.tree.map(lambda g: g / val_batch[1].shape[0], val_weight_grad)
+  g_u = shared_gradient(val_g_u)  # dL_val(w, a)/du, from the gradient program
+  if mixture:
+    first_order = g_u
+  else:
+    _, vjp = jax.vjp(lambda a: search.mixture(a, masks), arch)
+    first_order = vjp(g_u)[0]
+  return hypergrad.CORRECTIONS[cfg.arch_gradient](loss, params, a0, train_batch, val_batch, v,
+                                                  first_order, **opts)
+
+
+def arch_update(search: Search, arch, arch_opt_state, g_u, masks, key, corr=None):
+  """The architecture step from the per-copy ``dloss/du`` ``g_u`` and a
+  hypergradient correction ``corr`` (mean-loss scale; zero if None).  ``key``
+  is the one ``full_weights`` drew ``u`` with (DrNAS's sample)."""
+  if corr is None:
+    corr = {t: jnp.zeros(g_u[t].shape[2:], g_u[t].dtype) for t in CELL_TYPES}
+  opt = search.arch_opt
+  grads = opt.gradient(arch, masks, g_u, corr, key)
+  updates, arch_opt_state = opt.tx.update(grads, arch_opt_state, arch, correction=corr)
+  return optax.apply_updates(arch, updates), arch_opt_state
+
+
+def evaluate_weights(search: Search, params, batch_stats, u, masks, x, y):
+  """Summed loss and correct count of the supernet with mixture weights ``u``
+  (running batch statistics)."""
+  logits, _ = search.net.apply({"params": params, "batch_stats": batch_stats}, x, u, masks,
+                               train=False, rng=jax.random.key(0))
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  return jnp.sum(losses), jnp.sum(jnp.argmax(logits, -1) == y)
+
+
+def evaluate(search: Search, params, batch_stats, arch, masks, x, y):
+  """``evaluate_weights`` at the architecture's mixture weights."""
+  return evaluate_weights(search, params, batch_stats, search.mixture(arch, masks), masks, x, y)
+
+
+class StepFunctions(NamedTuple):
+  """The jitted pieces of a search (``step_functions``)."""
+  prepare: Callable
+  grads: Callable
+  full_weights: Callable
+  weight_update: Callable
+  arch_update: Callable
+  evaluate: Callable
+  evaluate_weights: Callable
+  correction: Callable | None  # None for first-order searches
+
+
+def step_functions(search: Search) -> StepFunctions:
+  """The search's functions jitted for its network structure (built once;
+  again after a rebuild drops ops)."""
+  bind = lambda f: functools.partial(f, search)
+  return StepFunctions(
+      prepare=jax.jit(bind(prepare), static_argnums=6),
+      grads=jax.jit(loss_and_grads_fn(search.net, search.config.compute_dtype)),
+      full_weights=jax.jit(bind(full_weights), static_argnums=3),
+      weight_update=jax.jit(bind(weight_update), donate_argnums=(0, 1), static_argnums=3),
+      arch_update=jax.jit(bind(arch_update), donate_argnums=(0, 1)),
+      evaluate=jax.jit(bind(evaluate)),
+      evaluate_weights=jax.jit(bind(evaluate_weights)),
+      correction=(None if search.config.arch_gradient == "first_order"
+                  else jax.jit(bind(correction))),
+  )
+
+
+def search_step(search: Search, fns: StepFunctions, state: PyTree, train_data, val_data,
+                train_idx, val_idx) -> tuple[PyTree, jax.Array]:
+  """One weight step and one architecture step; returns the step's metrics
+  ``[train_loss_sum, train_correct, val_loss_sum, val_correct]`` (on device)."""
+  key = jax.random.wrap_key_data(state["data_key"])
+  step_key = jax.random.fold_in(key, state["step"])
+  k_tr, k_val, k_noise1, k_noise2 = jax.random.split(step_key, 4)
+  b = search.config.batch_size
+  masks = live_masks(search, state)
+  k_arch = jax.random.fold_in(step_key, 4)  # DrNAS's sample of u (unused otherwise)
+  u_full = fns.full_weights(state["arch"], masks, k_arch, b)
+  x, y = fns.prepare(*train_data, train_idx, k_tr, True)
+  loss, correct, g_params, _, new_stats = fns.grads(
+      state["params"], state["batch_stats"], u_full, masks, x, y, k_noise1)
+  params, opt_state = fns.weight_update(state["params"], state["opt_state"], g_params, b)
+  xv, yv = fns.prepare(*val_data, val_idx, k_val, True)
+  vloss, vcorrect, gv_params, g_u, _ = fns.grads(params, new_stats, u_full, masks, xv, yv,
+                                                 k_noise2)
+  corr = None
+  if fns.correction is not None:  # second-order, amended or implicit hypergradient
+    corr = fns.correction(params, new_stats, state["arch"], masks, (x, y), (xv, yv), gv_params,
+                          g_u, k_noise2, state["step"])
+  arch, arch_opt_state = fns.arch_update(state["arch"], state["arch_opt_state"], g_u, masks,
+                                         k_arch, corr)
+  new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_stats,
+                   opt_state=opt_state, arch=arch, arch_opt_state=arch_opt_state)
+  return new_state, jnp.stack([loss, correct, vloss, vcorrect]).astype(jnp.float32)
