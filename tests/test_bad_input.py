@@ -23,7 +23,7 @@ BAD = {
     "positive": [0, -1.0, float("nan")], "nonnegative": [-1e-3, float("inf")],
     "positive_int": [0, -2, 1.5], "nonnegative_int": [-5, 0.5],
     "unit_open": [1.0, -0.1], "unit_closed": [0.0, 1.5], "bool": [1],
-    "optional_positive": [0.0, -1.0],
+    "optional_positive": [0.0, -1.0], "optional_nonnegative_int": [-1, 2.5],
 }
 
 
@@ -44,7 +44,8 @@ def _search_rules():
   """Every section's rules; an architecture optimizer's keys as ``key@name``."""
   rules = list(search_setup.RULES) + list(hypergrad.RULES) + list(selection.RULES)
   for name in arch_optimizers.names():
-    rules += [(f"arch_optimizer.{k}@{name}", kind) for k, kind in arch_optimizers.get(name).RULES]
+    own = arch_optimizers.COMMON_RULES + tuple(arch_optimizers.get(name).RULES)
+    rules += [(f"arch_optimizer.{k}@{name}", kind) for k, kind in own]
   return rules
 
 
@@ -74,7 +75,8 @@ def test_every_retraining_key_refuses_its_bad_values(key, value):
 def test_the_rules_cover_every_key_of_the_defaults():
   """A key added to a config later needs a rule (or a choice check)."""
   choices = {"dataset", "data_dir", "op_set", "topology", "compute_dtype", "depthwise_impl",
-             "arch_gradient", "selection", "hypergrad.solver", "arch_optimizer.name"}
+             "arch_gradient", "selection", "hypergrad.solver", "arch_optimizer.name",
+             "arch_optimizer.reg_type", "pt.schedule"}
   ruled = {k.partition("@")[0] for k, _ in _search_rules()} | choices
   flat = config_checks_keys(config_defaults.base_config())
   assert flat - ruled == set()
@@ -96,6 +98,10 @@ def test_unknown_names_are_refused():
   config = config_defaults.base_config()
   config.depthwise_impl = "fft"
   with pytest.raises(train.ConfigError, match="unknown depthwise_impl 'fft'"):
+    train.validate_config(config)
+  config = config_defaults.base_config()
+  config.arch_optimizer.name, config.arch_optimizer.reg_type = "drnas", "l1"
+  with pytest.raises(train.ConfigError, match="unknown arch_optimizer.reg_type 'l1'"):
     train.validate_config(config)
   with pytest.raises(ValueError, match="unknown x 'b'"):
     config_checks.check_choice({"x": "b"}, "x", ("a",))

@@ -101,3 +101,58 @@ def test_drnas_with_a_second_order_gradient_is_refused():
   c.arch_optimizer.name = "drnas"
   with pytest.raises(train.ConfigError, match="'amended'"):
     train.validate_config(c)
+
+
+def test_drnas_follows_the_released_recipe():
+  """xiangning-chen/DrNAS: Adam 6e-4, betas (0.5, 0.999), reg_type "l2" (Adam's
+  decay at reg_scale, no KL) by default, architecture steps after 10 of 50
+  epochs, the architecture step first."""
+  from xnas_jax import arch_optimizers
+  c = tiny_config(epochs=50)
+  c.arch_optimizer.name = "drnas"
+  opt = search_setup.build_search(c).arch_opt
+  assert opt.warmup_epochs == 10 and opt.step_order == arch_optimizers.ARCH_FIRST
+  arch = _arch(jax.random.key(0))
+  g = _arch(jax.random.key(1))
+  updates, _ = opt.tx.update(g, opt.tx.init(arch), arch)
+  for t in ("normal", "reduce"):  # Adam's first step: m_hat = g', v_hat = g'^2
+    g2 = np.asarray(g[t]) + 1e-3 * np.asarray(arch[t])
+    np.testing.assert_allclose(updates[t], -6e-4 * g2 / (np.abs(g2) + 1e-8), rtol=1e-5)
+  # No KL term under "l2"; under "kl" the gradient is reg_scale x dKL/db and
+  # Adam has no decay.
+  masks = {t: jnp.ones((14, 7), bool) for t in ("normal", "reduce")}
+  zeros = lambda shape: {t: jnp.zeros(shape) for t in ("normal", "reduce")}
+  grad = opt.gradient(arch, masks, zeros((1, 2, 14, 7)), zeros((14, 7)), None)
+  assert all(float(jnp.abs(grad[t]).max()) == 0 for t in grad)
+  c.arch_optimizer.reg_type, c.arch_optimizer.reg_scale = "kl", 0.5
+  opt = search_setup.build_search(c).arch_opt
+  grad = opt.gradient(arch, masks, zeros((1, 2, 14, 7)), zeros((14, 7)), None)
+  kl = jax.grad(lambda a: 0.5 * drnas.kl_regularizer(a, 1.0))(arch)
+  for t in grad:
+    np.testing.assert_allclose(grad[t], kl[t], rtol=1e-5, atol=1e-7)
+  updates, _ = opt.tx.update(g, opt.tx.init(arch), arch)
+  np.testing.assert_allclose(updates["normal"], -6e-4 * np.sign(g["normal"]), rtol=1e-4)
+
+
+def test_no_architecture_step_during_the_warmup():
+  from xnas_jax import search_steps
+  c = tiny_config(epochs=2)
+  c.arch_optimizer.name, c.arch_optimizer.warmup_epochs = "drnas", 1
+  search = search_setup.build_search(c)
+  fns = search_steps.step_functions(search)
+  state = search_setup.init_state(search, jax.random.key(0))
+  d, b = search.data, c.batch_size
+  data = lambda split: tuple(jnp.asarray(a) for a in (split.images, split.labels, d.mean, d.std))
+  idx = jnp.arange(b)
+  for step, moves in ((0, False), (search.steps_per_epoch - 1, False),
+                      (search.steps_per_epoch, True)):
+    before = jax.tree.map(np.asarray, state)
+    new, _ = search_steps.search_step(search, fns, dict(jax.tree.map(jnp.copy, state),
+                                                        step=jnp.int32(step)),
+                                      data(d.train), data(d.val), idx, idx)
+    same = [np.array_equal(a, np.asarray(n)) for a, n in zip(
+        jax.tree.leaves((before["arch"], before["arch_opt_state"])),
+        jax.tree.leaves((new["arch"], new["arch_opt_state"])))]
+    assert (not all(same)) == moves, step
+    assert not all(np.array_equal(a, np.asarray(n)) for a, n in zip(  # weight steps run
+        jax.tree.leaves(before["params"]), jax.tree.leaves(new["params"])))

@@ -53,10 +53,12 @@ def _hand_built(op_set, seed=0, topology="darts"):
   return space, u, masks, op_strength, edge_strength, accuracy, tune, calls
 
 
+@pytest.mark.parametrize("schedule", perturbation.SCHEDULES)
 @pytest.mark.parametrize("op_set", ["darts", "xnas", "s2"])
-def test_pt_picks_the_op_and_the_edges_whose_removal_hurts_most(op_set):
+def test_pt_picks_the_op_and_the_edges_whose_removal_hurts_most(op_set, schedule):
   space, u, masks, op_strength, edge_strength, accuracy, tune, calls = _hand_built(op_set)
-  genotype, log = perturbation.select_core(space, u, masks, accuracy, tune, jax.random.key(0))
+  genotype, log = perturbation.select_core(space, u, masks, accuracy, tune, jax.random.key(0),
+                                           schedule=schedule)
   ops_log = [l for l in log if l["phase"] == "operation"]
   assert len(ops_log) == 2 * space.num_edges
   for entry in ops_log:
@@ -79,15 +81,32 @@ def test_pt_picks_the_op_and_the_edges_whose_removal_hurts_most(op_set):
         assert op == next(l["chosen"] for l in ops_log
                           if l["cell"] == t and tuple(l["edge"]) == space.edges[e])
   assert "none" not in {op for op, _ in genotype.normal + genotype.reduce}
-  # One fine-tuning after every decision: each edge, and each node with > 2 inputs.
-  assert calls["tune"] == 2 * space.num_edges + 2 * sum(
-      len(space.incoming(NUM_INPUTS + j)) > 2 for j in range(NUM_NODES))
+  # Tuning between rounds: per_decision, a round per edge and per node with
+  # more than 2 inputs of each cell type; released (ruocwang/darts-pt's
+  # pt_project), a round decides an edge, then a node, of both cell types.
+  rounds = perturbation.num_rounds(space, schedule)
+  assert calls["tune"] == rounds - 1
+  if schedule == "per_decision":
+    assert rounds == 2 * space.num_edges + 2 * sum(
+        len(space.incoming(NUM_INPUTS + j)) > 2 for j in range(NUM_NODES))
+  else:
+    assert rounds == space.num_edges + NUM_NODES
+    for r in range(space.num_edges):
+      assert sorted(l["cell"] for l in ops_log if l["round"] == r) == sorted(CELL_TYPES)
+    topo = [l for l in log if l["phase"] == "topology"]
+    assert all(l["round"] >= space.num_edges for l in topo)
+    for t in CELL_TYPES:  # each node decided in its own round
+      assert len({l["round"] for l in topo if l["cell"] == t}) == len([l for l in topo
+                                                                       if l["cell"] == t])
 
 
-def test_the_fixed_topology_has_no_topology_decisions():
+@pytest.mark.parametrize("schedule", perturbation.SCHEDULES)
+def test_the_fixed_topology_has_no_topology_decisions(schedule):
   space, u, masks, _, _, accuracy, tune, calls = _hand_built("xnas", topology="fixed")
-  genotype, log = perturbation.select_core(space, u, masks, accuracy, tune, jax.random.key(1))
+  genotype, log = perturbation.select_core(space, u, masks, accuracy, tune, jax.random.key(1),
+                                           schedule=schedule)
   assert all(l["phase"] == "operation" for l in log)
+  assert calls["tune"] == perturbation.num_rounds(space, schedule) - 1
   assert [src for _, src in genotype.normal] == [0, 1, 0, 2, 0, 3, 0, 4]
 
 
@@ -159,3 +178,31 @@ def test_pt_edges_where_only_none_is_live_are_ranked_last_and_never_raise():
     assert 0 not in [src for _, src in cell[2:4]]
   assert sum(l["phase"] == "fallback" for l in log) == 2
   assert sum(l["phase"] == "operation" and l["chosen"] is None for l in log) == 4
+
+
+def test_released_schedule_reads_the_architecture_tuning_leaves():
+  """The released tuning also trains the architecture: the weights ``tune``
+  returns replace the supernet's on the edges not yet decided."""
+  space, u, masks, _, _, accuracy, _, _ = _hand_built("darts")
+  new_u = {t: np.where(masks[t], np.random.default_rng(3).random(u[t].shape), 0.0)
+           for t in CELL_TYPES}
+  seen = []
+
+  def tune(u_now, masks_now):
+    return new_u
+
+  def spy(u_now, masks_now):
+    seen.append({t: u_now[t].copy() for t in CELL_TYPES})
+    return accuracy(u_now, masks_now)
+
+  _, log = perturbation.select_core(space, u, masks, spy, tune, jax.random.key(0))
+  first, second = log[0], log[2]  # round 0 (normal, reduce), then round 1
+  assert first["round"] == 0 and second["round"] == 1
+  t, e = second["cell"], space.edges.index(tuple(second["edge"]))
+  n_first = len(log[0]["acc_without"]) + len(log[1]["acc_without"])
+  later = seen[n_first]  # the first evaluation of round 1 (one op of edge e removed)
+  decided = {space.edges.index(tuple(l["edge"])) for l in log[:2] if l["cell"] == t}
+  for k in set(range(space.num_edges)) - decided - {e}:
+    np.testing.assert_allclose(later[t][k], new_u[t][k], rtol=1e-6)
+  for k in decided:  # one-hot on the chosen op, not the architecture's weights
+    assert sorted(np.unique(later[t][k])) == [0.0, 1.0]

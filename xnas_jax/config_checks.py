@@ -30,6 +30,8 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "optional_positive": (lambda v: v is None or (_number(v) and v > 0),
                           "a positive number or None"),
+    "optional_nonnegative_int": (lambda v: v is None or (_int(v) and v >= 0),
+                                 "an integer >= 0 or None"),
 }
 
 

@@ -11,10 +11,16 @@ def xnas_arch_optimizer() -> ml_collections.ConfigDict:
       "grad_bound": 1.0,
       "zeta": 1.0,
       "per_example_rewards": True,
-      # Used by the darts_adam / gd_softmax / drnas baselines only.
-      "learning_rate": 3e-4, "b1": 0.5, "b2": 0.999, "weight_decay": 1e-3,
-      # drnas: KL(Dir(beta) || Dir(prior)) weighted by reg_scale (DrNAS's code).
-      "reg_scale": 1e-3, "prior": 1.0,
+      # Used by the darts_adam / gd_softmax / drnas baselines only; a None
+      # learning_rate takes the optimizer's released value (DARTS 3e-4, DrNAS 6e-4).
+      "learning_rate": ml_collections.FieldReference(None, field_type=float),
+      "b1": 0.5, "b2": 0.999, "weight_decay": 1e-3,
+      # drnas: reg_type "l2" (Adam's decay at reg_scale, the released default)
+      # or "kl" (reg_scale x KL(Dir(beta) || Dir(prior))).
+      "reg_type": "l2", "reg_scale": 1e-3, "prior": 1.0,
+      # Epochs of weight steps before the first architecture step; None: the
+      # optimizer's own (DrNAS: a fifth of the epochs, 10 of 50 as released; else 0).
+      "warmup_epochs": ml_collections.FieldReference(None, field_type=int),
   })
 
 
@@ -62,10 +68,15 @@ def base_config() -> ml_collections.ConfigDict:
   # first_order | darts_second_order | amended | implicit (xnas_jax.hypergrad).
   config.arch_gradient = "first_order"
   config.hypergrad = hypergrad_options()
-  # magnitude | perturbation (DARTS-PT: operation then topology phase, with
-  # pt.tune_epochs of weight fine-tuning after every decision).
+  # magnitude | perturbation (DARTS-PT, xnas_jax.perturbation).  pt: the
+  # released schedule (rounds deciding an edge, then a node, of each cell
+  # type; tune_epochs = its proj_intv between rounds; weights tuned by SGD
+  # from learning_rate, None: the search's / 10, on a cosine schedule;
+  # train_arch: architecture steps while tuning) or "per_decision".
   config.selection = "magnitude"
-  config.pt = ml_collections.ConfigDict({"tune_epochs": 5, "learning_rate": 0.01})
+  config.pt = ml_collections.ConfigDict({
+      "schedule": "released", "tune_epochs": 5, "train_arch": True,
+      "learning_rate": ml_collections.FieldReference(None, field_type=float)})
   return config
 
 

@@ -6,12 +6,18 @@ drops when that operation alone is removed from its edge (sec. 4.1):
 
 * operation phase: edges in random order; on each edge evaluate
   ``ACC_{\\o}`` for every live operation ``o`` (``none`` excluded, as the
-  paper does for DARTS), keep ``argmin_o ACC_{\\o}``, discretize the edge to
-  it (its mixture weight becomes one-hot), and fine-tune the supernet's
-  weights before the next edge;
+  paper does for DARTS), keep ``argmin_o ACC_{\\o}`` and discretize the edge
+  to it (its mixture weight becomes one-hot);
 * topology phase: nodes in random order; for each node evaluate ``ACC_{\\e}``
   with each incoming edge removed, keep the two edges with the lowest
-  accuracy, prune the others, fine-tune.
+  accuracy, prune the others;
+* between decisions the supernet is tuned.  By default this follows the
+  released code (ruocwang/darts-pt, ``sota/cnn/projection.py``'s
+  ``pt_project``): each round decides one edge (then one node) of *both*
+  cell types, ``proj_intv`` epochs of tuning separate the rounds (14 + 4
+  rounds in the DARTS space), and tuning resets the weight optimizer to SGD
+  at a tenth of the search's rate on a cosine schedule and keeps training
+  the architecture on the undecided edges.
 
 Removing an operation multiplies its mixture weight by 0 without
 renormalizing the others (as the released code does) and clears its bit in
@@ -24,8 +30,7 @@ perturbed supernet.
 ``select`` works on any supernet this library trains (XNAS, DARTS, amended,
 DrNAS, and the fixed-alpha supernet of ``arch_optimizer.name = "frozen"``):
 it reads the mixture weights through ``Search.mixture`` and the live experts
-through ``search_setup.live_masks``.  Fine-tuning trains the network weights only,
-with momentum SGD at a constant learning rate (``pt.learning_rate``).
+through ``search_setup.live_masks``.
 """
 from __future__ import annotations
 
@@ -85,13 +90,28 @@ def removed(u: Weights, masks: Weights, cell_type: str,
 
 
 Accuracy = Callable[[Weights, Weights], float]
-Tune = Callable[[Weights, Weights], None]
+# Fine-tunes the supernet (in place) under the projected weights and live
+# experts; returns the architecture's new mixture weights when it trains them
+# too (the released schedule), else None.
+Tune = Callable[[Weights, Weights], "Weights | None"]
+
+# "released": ruocwang/darts-pt's pt_project: each round decides one edge (then
+# one node) of *each* cell type, in random order, with proj_intv tuning epochs
+# between rounds; "per_decision": one (cell, edge) or (cell, node) decision
+# per round, in one random order over both cell types.
+SCHEDULES = ("released", "per_decision")
 
 
 def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accuracy, tune: Tune,
-                key: jax.Array, fallback: Weights | None = None,
+                key: jax.Array, fallback: Weights | None = None, schedule: str = "released",
                 ) -> tuple[Genotype, list[dict[str, Any]]]:
   """Alg. 2 given the supernet as two callables.
+
+  The rounds (``schedule``): the released code's (default), where a round
+  decides an edge of the normal *and* of the reduction cell (operation phase,
+  ``E`` rounds), then a node of each (topology phase, one round per node,
+  nodes with two inputs included), with ``tune`` between rounds (not after
+  the last); or one decision per round.
 
   An edge on which only ``none`` is live has no operation to perturb: the
   operation phase logs it and moves on, and the topology phase ranks it after
@@ -105,49 +125,75 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
     u, masks: the supernet's mixture weights and live experts ``[E, N]``.
     accuracy: validation accuracy of the supernet run with given weights and
       live experts.
-    tune: fine-tunes the supernet (in place) under given weights and experts.
+    tune: fine-tunes the supernet under given weights and experts (see ``Tune``).
     key: orders the edges and the nodes.
     fallback: the weights that choose the op of a ``none``-only edge (default ``u``).
+    schedule: one of ``SCHEDULES``.
 
   Returns:
-    The genotype and a log: one entry per decision, with the accuracies that
-    made it.
+    The genotype and a log: one entry per decision (with its ``round``), with
+    the accuracies that made it.
   """
+  if schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
   proj = Projection.empty(space)
   log: list[dict[str, Any]] = []
-  k_ops, k_nodes = jax.random.split(key)
-  pairs = [(t, e) for t in CELL_TYPES for e in range(space.num_edges)]
-  for i in np.asarray(jax.random.permutation(k_ops, len(pairs))):
-    t, e = pairs[int(i)]
-    pu, pm = proj.apply(u, masks)
+  state = {"u": u}
+
+  def decide_op(t, e, r):
+    pu, pm = proj.apply(state["u"], masks)
     cands = [o for o in range(space.num_ops) if pm[t][e, o] and space.ops[o] != "none"]
     if not cands:
-      log.append({"phase": "operation", "cell": t, "edge": list(space.edges[e]),
+      log.append({"phase": "operation", "round": r, "cell": t, "edge": list(space.edges[e]),
                   "acc_without": {}, "chosen": None,
                   "note": "only 'none' is live: ranked last in the topology phase"})
-      continue
+      return
     accs = {space.ops[o]: accuracy(*removed(pu, pm, t, (e, o))) for o in cands}
     best = min(cands, key=lambda o: accs[space.ops[o]])  # removal hurts most
     proj.choice[t][e] = best
-    log.append({"phase": "operation", "cell": t, "edge": list(space.edges[e]),
+    log.append({"phase": "operation", "round": r, "cell": t, "edge": list(space.edges[e]),
                 "acc_without": accs, "chosen": space.ops[best]})
-    tune(*proj.apply(u, masks))
-  nodes = [(t, NUM_INPUTS + j) for t in CELL_TYPES for j in range(NUM_NODES)]
-  for i in np.asarray(jax.random.permutation(k_nodes, len(nodes))):
-    t, dst = nodes[int(i)]
+
+  def decide_node(t, dst, r):
     incoming = [e for e in space.incoming(dst) if proj.kept[t][e]]
     if len(incoming) <= 2:
-      continue
-    pu, pm = proj.apply(u, masks)
+      return
+    pu, pm = proj.apply(state["u"], masks)
     accs = {e: accuracy(*removed(pu, pm, t, e)) for e in incoming}
     keep = sorted(incoming, key=lambda e: (proj.choice[t][e] < 0, accs[e]))[:2]
     for e in incoming:
       proj.kept[t][e] = e in keep
-    log.append({"phase": "topology", "cell": t, "node": dst,
+    log.append({"phase": "topology", "round": r, "cell": t, "node": dst,
                 "acc_without": {str(space.edges[e][0]): a for e, a in accs.items()},
                 "kept_inputs": sorted(space.edges[e][0] for e in keep)})
-    tune(*proj.apply(u, masks))
-  fallback = u if fallback is None else fallback
+
+  nodes = [NUM_INPUTS + j for j in range(NUM_NODES)]
+  k_ops, k_nodes = jax.random.split(key)
+  if schedule == "released":
+    edge_order = {t: np.asarray(jax.random.permutation(k, space.num_edges))
+                  for t, k in zip(CELL_TYPES, jax.random.split(k_ops, len(CELL_TYPES)))}
+    node_order = {t: np.asarray(jax.random.permutation(k, len(nodes)))
+                  for t, k in zip(CELL_TYPES, jax.random.split(k_nodes, len(CELL_TYPES)))}
+    rounds = [[(decide_op, t, int(edge_order[t][i])) for t in CELL_TYPES]
+              for i in range(space.num_edges)]
+    if any(len(space.incoming(d)) > 2 for d in nodes):  # the fixed topology has no choice
+      rounds += [[(decide_node, t, nodes[int(node_order[t][i])]) for t in CELL_TYPES]
+                 for i in range(len(nodes))]
+  else:
+    pairs = [(t, e) for t in CELL_TYPES for e in range(space.num_edges)]
+    rounds = [[(decide_op, *pairs[int(i)])]
+              for i in np.asarray(jax.random.permutation(k_ops, len(pairs)))]
+    cell_nodes = [(t, d) for t in CELL_TYPES for d in nodes if len(space.incoming(d)) > 2]
+    rounds += [[(decide_node, *cell_nodes[int(i)])]
+               for i in np.asarray(jax.random.permutation(k_nodes, len(cell_nodes)))]
+  for r, decisions in enumerate(rounds):
+    for decide, t, where in decisions:
+      decide(t, where, r)
+    if r + 1 < len(rounds):
+      new_u = tune(*proj.apply(state["u"], masks))
+      if new_u is not None:
+        state["u"] = new_u
+  fallback = state["u"] if fallback is None else fallback
   for t in CELL_TYPES:
     for e in range(space.num_edges):
       if proj.kept[t][e] and proj.choice[t][e] < 0:
@@ -176,26 +222,36 @@ def genotype_of(space: SearchSpace, proj: Projection) -> Genotype:
   return Genotype(cells["normal"], concat, cells["reduce"], concat)
 
 
-def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float = 0.01,
-           key: jax.Array | None = None, fns: search_steps.StepFunctions | None = None,
-           fallback: Weights | None = None,
+def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float | None = None,
+           schedule: str = "released", train_arch: bool = True, key: jax.Array | None = None,
+           fns: search_steps.StepFunctions | None = None, fallback: Weights | None = None,
            ) -> tuple[Genotype, list[dict[str, Any]], PyTree]:
   """Perturbation-based selection on a trained search (``search_setup.Search``
   and its state); returns the genotype, the decision log and the tuned state.
 
-  Fine-tuning runs ``tune_epochs`` epochs of weight steps on the weights half
-  of the search split after each decision.  Validation accuracies are over
-  every full batch of the architecture half.  ``fallback``: the weights that
-  choose the op of a ``none``-only edge (``select_core``).
+  Between rounds (``select_core``'s ``schedule``) the supernet is tuned for
+  ``tune_epochs`` epochs on the weights half of the search split (the
+  released code's ``proj_intv``).  As ruocwang/darts-pt's ``pt_project``
+  does, the weight optimizer is reset to momentum SGD at ``learning_rate``
+  (default: the search's rate / 10) on a cosine schedule down to the
+  search's minimum rate over all tuning steps, and with ``train_arch`` each
+  tuning step first takes an architecture step on a batch of the
+  architecture half (the search's own optimizer and state; decided and
+  pruned edges get no gradient).  ``schedule="per_decision"`` with
+  ``train_arch=False`` tunes the weights only, at a constant rate.
+  Validation accuracies are over every full batch of the architecture half,
+  with batch statistics.  ``fallback``: the weights that choose the op of a
+  ``none``-only edge (``select_core``).
   """
   fns = fns or search_steps.step_functions(search)
   cfg, net, data = search.config, search.net, search.data
-  b = cfg.batch_size
+  wcfg, b = cfg.weight_optimizer, cfg.batch_size
   key = jax.random.key(cfg.seed + 2) if key is None else key
   k_order, k_tune = jax.random.split(key)
   masks0 = live_masks(search, state)
-  u0 = {t: np.asarray(v, np.float32)
-        for t, v in search.mixture(state["arch"], masks0).items()}
+  mixture = lambda arch: {t: np.asarray(v, np.float32)
+                          for t, v in search.mixture(arch, masks0).items()}
+  u0 = mixture(state["arch"])
   masks0 = {t: np.asarray(v, bool) for t, v in masks0.items()}
 
   n_val = (len(data.val) // b) * b
@@ -211,7 +267,13 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
       return None, jnp.sum(jnp.argmax(logits, -1) == xy[1])
     return jnp.sum(jax.lax.scan(one, None, (xv, yv))[1]) / n_val
 
-  tx = weight_optimizer(cfg.weight_optimizer, learning_rate)
+  lr = wcfg.learning_rate / 10 if learning_rate is None else learning_rate
+  steps = len(data.train) // b
+  rounds = num_rounds(net.space, schedule)
+  if schedule == "released":
+    lr = optax.cosine_decay_schedule(lr, max((rounds - 1) * tune_epochs * steps, 1),
+                                     alpha=min(wcfg.min_learning_rate / lr, 1.0))
+  tx = weight_optimizer(wcfg, lr)
 
   @jax.jit
   def apply_update(params, opt_state, g_params):
@@ -219,34 +281,69 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
     updates, opt_state = tx.update(g, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  train_data = tuple(jnp.asarray(a) for a in (data.train.images, data.train.labels, data.mean,
-                                              data.std))
+  as_data = lambda split: tuple(jnp.asarray(a) for a in (split.images, split.labels, data.mean,
+                                                         data.std))
+  train_data, val_data = as_data(data.train), as_data(data.val)
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the architecture step donates its inputs
   tuned = {"params": state["params"], "batch_stats": state["batch_stats"],
-           "opt_state": tx.init(state["params"]), "round": 0}
+           "opt_state": tx.init(state["params"]), "arch": copy(state["arch"]),
+           "arch_opt_state": copy(state["arch_opt_state"]), "round": 0}
 
   def accuracy(u, masks):
     return float(val_accuracy(tuned["params"], tuned["batch_stats"], _as_jax(u),
                               _as_jax(masks)))
 
+  def arch_step(u, masks, decided, k):
+    """One architecture step at the projected weights: the gradient of the
+    decided and pruned edges (whose weights no longer come from ``arch``) is 0."""
+    xb, yb = fns.prepare(*val_data, jnp.asarray(np.asarray(
+        jax.random.choice(k, len(data.val), (b,), replace=False))), k, True)
+    _, _, _, g_u, _ = fns.grads(tuned["params"], tuned["batch_stats"],
+                                search_steps.per_copy_weights(net, _as_jax(u), b), _as_jax(masks),
+                                xb, yb, k)
+    g_u = {t: jnp.where(decided[t][:, None], 0.0, g) for t, g in g_u.items()}
+    tuned["arch"], tuned["arch_opt_state"] = fns.arch_update(
+        tuned["arch"], tuned["arch_opt_state"], g_u, _as_jax(masks0), None, None)
+
   def tune(u, masks):
     tuned["round"] += 1
-    u_full = search_steps.per_copy_weights(net, _as_jax(u), b)
-    m = _as_jax(masks)
+    decided = {t: masks[t].sum(1) <= 1 for t in CELL_TYPES}  # one-hot or pruned
     k_round = jax.random.fold_in(k_tune, tuned["round"])
     for epoch in range(tune_epochs):
       batches = input_pipeline.epoch_batches(k_round, len(data.train), b, epoch)
       for i, idx in enumerate(batches):
         k = jax.random.fold_in(jax.random.fold_in(k_round, epoch), i)
-        k_aug, k_noise = jax.random.split(k)
+        k_aug, k_noise, k_arch = jax.random.split(k, 3)
+        if train_arch:  # the released code's order: the architecture step first
+          arch_step(u, masks, decided, k_arch)
+          u = _project(mixture(tuned["arch"]), u, decided)
         x, y = fns.prepare(*train_data, jnp.asarray(idx), k_aug, True)
-        _, _, g_params, _, stats = fns.grads(tuned["params"], tuned["batch_stats"], u_full,
-                                                m, x, y, k_noise)
+        _, _, g_params, _, stats = fns.grads(tuned["params"], tuned["batch_stats"],
+                                             search_steps.per_copy_weights(net, _as_jax(u), b),
+                                             _as_jax(masks), x, y, k_noise)
         tuned["params"], tuned["opt_state"] = apply_update(tuned["params"],
                                                            tuned["opt_state"], g_params)
         tuned["batch_stats"] = stats
+    return mixture(tuned["arch"]) if train_arch else None
 
-  genotype, log = select_core(net.space, u0, masks0, accuracy, tune, k_order, fallback=fallback)
-  return genotype, log, dict(state, params=tuned["params"], batch_stats=tuned["batch_stats"])
+  genotype, log = select_core(net.space, u0, masks0, accuracy, tune, k_order, fallback=fallback,
+                              schedule=schedule)
+  return genotype, log, dict(state, params=tuned["params"], batch_stats=tuned["batch_stats"],
+                             arch=tuned["arch"], arch_opt_state=tuned["arch_opt_state"])
+
+
+def num_rounds(space: SearchSpace, schedule: str) -> int:
+  """Decision rounds of ``select_core`` (tuning runs between them)."""
+  nodes = [NUM_INPUTS + j for j in range(NUM_NODES)]
+  if schedule == "released":
+    return space.num_edges + (len(nodes) if any(len(space.incoming(d)) > 2 for d in nodes) else 0)
+  return len(CELL_TYPES) * (space.num_edges + sum(len(space.incoming(d)) > 2 for d in nodes))
+
+
+def _project(u_arch: Weights, u_projected: Weights, decided: Weights) -> Weights:
+  """The architecture's weights on undecided edges, the projection's elsewhere."""
+  return {t: np.where(decided[t][:, None], u_projected[t], u_arch[t]).astype(np.float32)
+          for t in CELL_TYPES}
 
 
 def _as_jax(tree: Weights) -> dict[str, jax.Array]:

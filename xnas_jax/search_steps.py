@@ -25,7 +25,7 @@ import optax
 from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import optim
-from xnas_jax.arch_optimizers import shared_gradient
+from xnas_jax.arch_optimizers import ARCH_FIRST, WEIGHTS_FIRST, shared_gradient
 from xnas_jax.search_setup import COMPUTE_DTYPES, Search, live_masks, weight_schedule
 from xnas_jax.search_space import CELL_TYPES
 from xnas_jax.supernet import Supernet
@@ -124,16 +124,23 @@ def correction(search: Search, params, batch_stats, arch, masks, train_batch, va
                                                   first_order, **opts)
 
 
-def arch_update(search: Search, arch, arch_opt_state, g_u, masks, key, corr=None):
+def arch_update(search: Search, arch, arch_opt_state, g_u, masks, key, corr=None, step=None):
   """The architecture step from the per-copy ``dloss/du`` ``g_u`` and a
   hypergradient correction ``corr`` (mean-loss scale; zero if None).  ``key``
-  is the one ``full_weights`` drew ``u`` with (DrNAS's sample)."""
+  is the one ``full_weights`` drew ``u`` with (DrNAS's sample).  At a
+  ``step`` within the optimizer's warm-up epochs nothing changes."""
   if corr is None:
     corr = {t: jnp.zeros(g_u[t].shape[2:], g_u[t].dtype) for t in CELL_TYPES}
   opt = search.arch_opt
   grads = opt.gradient(arch, masks, g_u, corr, key)
-  updates, arch_opt_state = opt.tx.update(grads, arch_opt_state, arch, correction=corr)
-  return optax.apply_updates(arch, updates), arch_opt_state
+  updates, new_opt_state = opt.tx.update(grads, arch_opt_state, arch, correction=corr)
+  new_arch = optax.apply_updates(arch, updates)
+  warmup = opt.warmup_epochs * search.steps_per_epoch
+  if warmup == 0 or step is None:
+    return new_arch, new_opt_state
+  on = step >= warmup
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(on, n, o), new, old)
+  return keep(new_arch, arch), keep(new_opt_state, arch_opt_state)
 
 
 def evaluate_weights(search: Search, params, batch_stats, u, masks, x, y):
@@ -179,16 +186,22 @@ def step_functions(search: Search) -> StepFunctions:
   )
 
 
-def search_step(search: Search, fns: StepFunctions, state: PyTree, train_data, val_data,
-                train_idx, val_idx) -> tuple[PyTree, jax.Array]:
-  """One weight step and one architecture step; returns the step's metrics
-  ``[train_loss_sum, train_correct, val_loss_sum, val_correct]`` (on device)."""
-  key = jax.random.wrap_key_data(state["data_key"])
-  step_key = jax.random.fold_in(key, state["step"])
+def _keys(state: PyTree):
+  """The step's keys: train and val augmentation, train and val noise, the
+  mixture samples of the two halves (DrNAS; unused otherwise)."""
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state["data_key"]), state["step"])
   k_tr, k_val, k_noise1, k_noise2 = jax.random.split(step_key, 4)
+  return k_tr, k_val, k_noise1, k_noise2, jax.random.fold_in(step_key, 4), jax.random.fold_in(
+      step_key, 5)
+
+
+def weights_first_step(search: Search, fns: StepFunctions, state: PyTree, train_data, val_data,
+                       train_idx, val_idx) -> tuple[PyTree, jax.Array]:
+  """XNAS Alg. 1: the weight step (line 5), then the experts' step on the
+  updated weights (lines 6-12)."""
+  k_tr, k_val, k_noise1, k_noise2, k_arch, _ = _keys(state)
   b = search.config.batch_size
   masks = live_masks(search, state)
-  k_arch = jax.random.fold_in(step_key, 4)  # DrNAS's sample of u (unused otherwise)
   u_full = fns.full_weights(state["arch"], masks, k_arch, b)
   x, y = fns.prepare(*train_data, train_idx, k_tr, True)
   loss, correct, g_params, _, new_stats = fns.grads(
@@ -202,7 +215,49 @@ def search_step(search: Search, fns: StepFunctions, state: PyTree, train_data, v
     corr = fns.correction(params, new_stats, state["arch"], masks, (x, y), (xv, yv), gv_params,
                           g_u, k_noise2, state["step"])
   arch, arch_opt_state = fns.arch_update(state["arch"], state["arch_opt_state"], g_u, masks,
-                                         k_arch, corr)
+                                         k_arch, corr, state["step"])
   new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_stats,
                    opt_state=opt_state, arch=arch, arch_opt_state=arch_opt_state)
   return new_state, jnp.stack([loss, correct, vloss, vcorrect]).astype(jnp.float32)
+
+
+def arch_first_step(search: Search, fns: StepFunctions, state: PyTree, train_data, val_data,
+                    train_idx, val_idx) -> tuple[PyTree, jax.Array]:
+  """DARTS Alg. 1 (and DrNAS's released loop): the architecture step from the
+  current weights (DARTS's unrolled model starts there, eq. 7), then the
+  weight step at the updated architecture.  Batch statistics pass through
+  both forward passes, as PyTorch's running statistics do."""
+  k_tr, k_val, k_noise1, k_noise2, k_arch, k_arch2 = _keys(state)
+  b = search.config.batch_size
+  masks = live_masks(search, state)
+  x, y = fns.prepare(*train_data, train_idx, k_tr, True)
+  xv, yv = fns.prepare(*val_data, val_idx, k_val, True)
+  u_val = fns.full_weights(state["arch"], masks, k_arch, b)
+  vloss, vcorrect, gv_params, g_u, stats = fns.grads(
+      state["params"], state["batch_stats"], u_val, masks, xv, yv, k_noise2)
+  corr = None
+  if fns.correction is not None:
+    corr = fns.correction(state["params"], state["batch_stats"], state["arch"], masks, (x, y),
+                          (xv, yv), gv_params, g_u, k_noise2, state["step"])
+  arch, arch_opt_state = fns.arch_update(state["arch"], state["arch_opt_state"], g_u, masks,
+                                         k_arch, corr, state["step"])
+  masks = live_masks(search, {"arch_opt_state": arch_opt_state})
+  u_train = fns.full_weights(arch, masks, k_arch2, b)
+  loss, correct, g_params, _, new_stats = fns.grads(
+      state["params"], stats, u_train, masks, x, y, k_noise1)
+  params, opt_state = fns.weight_update(state["params"], state["opt_state"], g_params, b)
+  new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_stats,
+                   opt_state=opt_state, arch=arch, arch_opt_state=arch_opt_state)
+  return new_state, jnp.stack([loss, correct, vloss, vcorrect]).astype(jnp.float32)
+
+
+STEP_ORDERS = {WEIGHTS_FIRST: weights_first_step, ARCH_FIRST: arch_first_step}
+
+
+def search_step(search: Search, fns: StepFunctions, state: PyTree, train_data, val_data,
+                train_idx, val_idx) -> tuple[PyTree, jax.Array]:
+  """One weight step and one architecture step, in the order of the search's
+  optimizer (``ArchOptimizer.step_order``); returns the step's metrics
+  ``[train_loss_sum, train_correct, val_loss_sum, val_correct]`` (on device)."""
+  return STEP_ORDERS[search.arch_opt.step_order](search, fns, state, train_data, val_data,
+                                                 train_idx, val_idx)

@@ -26,7 +26,8 @@ from xnas_jax.search_space import CELL_TYPES
 
 PyTree = Any
 
-RULES = (("pt.tune_epochs", "nonnegative_int"), ("pt.learning_rate", "positive"))
+RULES = (("pt.tune_epochs", "nonnegative_int"), ("pt.learning_rate", "optional_positive"),
+         ("pt.train_arch", "bool"))
 
 
 class Selected(NamedTuple):
@@ -65,7 +66,8 @@ def _by_perturbation(search: Search, state: PyTree, fns) -> Selected:
   first = _by_magnitude(search, state, fns)
   pt = search.config.pt
   genotype, log, _ = perturbation.select(search, state, tune_epochs=pt.tune_epochs,
-                                         learning_rate=pt.learning_rate, fns=fns,
+                                         learning_rate=pt.learning_rate, schedule=pt.schedule,
+                                         train_arch=pt.train_arch, fns=fns,
                                          fallback=selection_weights(search, state))
   return Selected(genotype, dict(first.summary, magnitude_genotype=first.genotype.to_dict()),
                   {"genotype_magnitude": first.genotype.to_json(),
@@ -80,6 +82,7 @@ def validate(config: ml_collections.ConfigDict,
              error: type = config_checks.ConfigError) -> None:
   """Checks ``config.selection`` and ``config.pt``."""
   config_checks.check_choice(config, "selection", tuple(METHODS), error)
+  config_checks.check_choice(config, "pt.schedule", perturbation.SCHEDULES, error)
   config_checks.check(config, RULES, error)
 
 

@@ -43,7 +43,8 @@ SearchDiverged = search_metrics.SearchDiverged
 # summation order only), and the selection run after the search.  Anything
 # else (more epochs change XNAS's horizon T and its rates) is another run.
 RESUMABLE_KEYS = frozenset({"data_dir", "num_devices", "depthwise_impl", "selection",
-                            "pt.tune_epochs", "pt.learning_rate"})
+                            "pt.schedule", "pt.tune_epochs", "pt.learning_rate",
+                            "pt.train_arch"})
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

@@ -3,7 +3,8 @@
 Each optimizer is one module of this package with
 
 * ``RULES``: the range of every key of ``config.arch_optimizer`` it reads
-  (``config_checks`` rules, keys relative to ``arch_optimizer``);
+  (``config_checks`` rules, keys relative to ``arch_optimizer``), and
+  optionally ``CHOICES``: ``(key, allowed names)`` pairs;
 * ``HYPERGRADIENTS``: the ``config.arch_gradient`` estimators it accepts;
 * ``build(config, shape) -> ArchOptimizer``.
 
@@ -96,18 +97,28 @@ def get(name: str):
   return importlib.import_module(f"{__name__}.{name}")
 
 
+# Keys every optimizer honours: ``warmup_epochs`` (None: the optimizer's own).
+COMMON_RULES = (("warmup_epochs", "optional_nonnegative_int"),)
+
+
 def validate(config: ml_collections.ConfigDict, error: type = ValueError) -> None:
   """Checks ``config.arch_optimizer`` and its compatibility with ``config.arch_gradient``."""
   config_checks.check_choice(config, "arch_optimizer.name", names(), error)
   module = get(config.arch_optimizer.name)
-  config_checks.check(config, [(f"arch_optimizer.{k}", kind) for k, kind in module.RULES], error)
+  rules = COMMON_RULES + tuple(module.RULES)
+  config_checks.check(config, [(f"arch_optimizer.{k}", kind) for k, kind in rules], error)
+  for key, choices in getattr(module, "CHOICES", ()):
+    config_checks.check_choice(config, f"arch_optimizer.{key}", choices, error)
   if config.arch_gradient not in module.HYPERGRADIENTS:
     raise error(f"arch_gradient {config.arch_gradient!r} is not available with arch_optimizer "
                 f"{config.arch_optimizer.name!r} ({' or '.join(module.HYPERGRADIENTS)} only)")
 
 
 def build(config: ml_collections.ConfigDict, shape: SearchShape) -> ArchOptimizer:
-  return get(config.arch_optimizer.name).build(config, shape)
+  """The optimizer ``config.arch_optimizer.name`` for a search of ``shape``."""
+  opt = get(config.arch_optimizer.name).build(config, shape)
+  warmup = config.arch_optimizer.get("warmup_epochs", None)
+  return opt if warmup is None else opt._replace(warmup_epochs=int(warmup))
 
 
 def shared_gradient(g_u: dict[str, jax.Array]) -> dict[str, jax.Array]:

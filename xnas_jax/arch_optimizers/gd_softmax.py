@@ -8,14 +8,18 @@ from xnas_jax import hypergrad
 from xnas_jax import optim
 from xnas_jax import arch_optimizers as registry
 
-RULES = (("learning_rate", "positive"),)
+LEARNING_RATE = 3e-4  # when arch_optimizer.learning_rate is None
+
+RULES = (("learning_rate", "optional_positive"),)
 HYPERGRADIENTS = hypergrad.METHODS
 
 
 def build(config: ml_collections.ConfigDict, shape: registry.SearchShape) -> registry.ArchOptimizer:
   del shape
-  tx = optim.gd_softmax(config.arch_optimizer.learning_rate)
+  lr = config.arch_optimizer.learning_rate
+  tx = optim.gd_softmax(LEARNING_RATE if lr is None else lr)
   return registry.ArchOptimizer(
       tx=registry.with_correction_as_extra_arg(tx), gradient_wrt=optim.GRADIENT_WRT_LOGITS,
       mixture=registry.softmax_mixture,
-      gradient=registry.logit_gradient(registry.softmax_mixture), init_scale=1e-3)
+      gradient=registry.logit_gradient(registry.softmax_mixture), init_scale=1e-3,
+      step_order=registry.ARCH_FIRST)
