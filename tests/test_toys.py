@@ -84,3 +84,16 @@ def test_statistical_xnas_has_lower_regret_growing_slower_in_n():
   cx = np.array([float(res["xnas", n]["correct_fraction"]) for n in (2, 8, 32)])
   cg = np.array([float(res["gd_softmax", n]["correct_fraction"]) for n in (2, 8, 32)])
   assert (cx >= cg - 0.02).all()
+
+
+def test_rate_sweep_is_the_study_at_each_rate():
+  key = jax.random.key(4)
+  sweep = toys.rate_sweep(key, (1, 64), num_experts=4, num_runs=50, num_steps=200)
+  eta = toys.optim.regret_optimal_learning_rate(4, 200, 4.0)
+  for method, r in sweep.items():
+    np.testing.assert_allclose(r["rate"], [eta, 64 * eta], rtol=1e-6)
+    for i, lr in enumerate(r["rate"]):
+      direct = toys.statistical_selection(key, num_experts=4, num_steps=200, num_runs=50,
+                                          learning_rate=float(lr), method=method)
+      np.testing.assert_allclose(r["regret"][i], direct["regret"], rtol=1e-5)
+      assert r["correct_fraction"][i] == pytest.approx(float(direct["correct_fraction"]))

@@ -330,6 +330,52 @@ def figure_statistical(study):
   return fig
 
 
+def rate_sweep(key: jax.Array, multipliers=(0.25, 0.5, 1, 2, 4, 8, 16, 32, 64), *,
+               num_experts: int = 8, reward_std: float = 1.0, grad_bound: float = 4.0,
+               num_runs: int = 1000, num_steps: int = 1000) -> dict[str, dict[str, np.ndarray]]:
+  """Sec. 8.3 at learning rates ``m * eta*`` for each ``m`` in ``multipliers``
+  (``eta* = sqrt(2 ln N / (T L^2))``, eq. 4), both methods on the same runs
+  (same key: same biases and rewards).  The paper gives no rates for this
+  study; this is how its claims depend on them.
+
+  Returns ``{method: {"multiplier", "rate", "regret", "correct_fraction"}}``,
+  one entry per multiplier.
+  """
+  eta = optim.regret_optimal_learning_rate(num_experts, num_steps, grad_bound)
+  m = np.asarray(multipliers, np.float32)
+  out = {}
+  for method in METHODS:
+    def one(lr, method=method):
+      r = statistical_selection(key, num_experts=num_experts, num_steps=num_steps,
+                                num_runs=num_runs, reward_std=reward_std, learning_rate=lr,
+                                grad_bound=grad_bound, method=method)
+      return r["regret"], r["correct_fraction"]
+    regret, correct = jax.lax.map(one, jnp.asarray(m * eta))
+    out[method] = {"multiplier": m, "rate": m * eta, "regret": np.asarray(regret),
+                   "correct_fraction": np.asarray(correct)}
+  return out
+
+
+def figure_rate_sweep(sweeps: dict[str, dict[str, dict[str, np.ndarray]]]):
+  """Regret (top) and correct selection (bottom) against the learning rate in
+  units of eta*, one column per setting (``{label: rate_sweep(...)}``)."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(2, len(sweeps), figsize=(3.6 * len(sweeps), 6.5), squeeze=False)
+  for col, (label, sweep) in enumerate(sweeps.items()):
+    for method, r in sweep.items():
+      axes[0, col].plot(r["multiplier"], r["regret"], "o-", label=method)
+      axes[1, col].plot(r["multiplier"], r["correct_fraction"], "o-", label=method)
+    axes[0, col].set(xscale="log", yscale="log", title=label)
+    axes[1, col].set(xscale="log", xlabel="learning rate / eta*")
+    for ax in axes[:, col]:
+      ax.axvline(1.0, color="gray", lw=0.5)
+  axes[0, 0].set(ylabel="mean regret")
+  axes[1, 0].set(ylabel="correct selection")
+  axes[0, 0].legend()
+  fig.tight_layout()
+  return fig
+
+
 def figure_entropy(points):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(5, 4))
