@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Iterable, Sequence
 
+import jax
+
 
 def fail(program: str, message: str, status: int = 2) -> None:
   """Prints ``program: error: message`` to stderr and exits with ``status``."""
@@ -15,7 +17,6 @@ def fail(program: str, message: str, status: int = 2) -> None:
 
 def enable_compilation_cache() -> None:
   """JAX's persistent compilation cache, so re-runs skip XLA compilation."""
-  import jax  # pylint: disable=import-outside-toplevel
   cache = os.environ.get("XNAS_JAX_CACHE",
                          os.path.join(os.path.expanduser("~"), ".cache", "xnas_jax", "xla"))
   jax.config.update("jax_compilation_cache_dir", cache)

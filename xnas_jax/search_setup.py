@@ -87,7 +87,7 @@ def depthwise_impl(config: ml_collections.ConfigDict) -> str:
   form then take XLA:CPU over 20 minutes and 11 GB to compile (a DARTS
   second-order correction on the tests' tiny supernet), against about two
   minutes with grouped convolutions."""
-  if config.depthwise_impl == "auto" and config.arch_gradient != "first_order":
+  if config.depthwise_impl == "auto" and config.arch_gradient in hypergrad.CORRECTIONS:
     return "grouped"
   return config.depthwise_impl
 

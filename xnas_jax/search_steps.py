@@ -181,8 +181,8 @@ def step_functions(search: Search) -> StepFunctions:
       arch_update=jax.jit(bind(arch_update), donate_argnums=(0, 1)),
       evaluate=jax.jit(bind(evaluate)),
       evaluate_weights=jax.jit(bind(evaluate_weights)),
-      correction=(None if search.config.arch_gradient == "first_order"
-                  else jax.jit(bind(correction))),
+      correction=(jax.jit(bind(correction)) if search.config.arch_gradient in hypergrad.CORRECTIONS
+                  else None),
   )
 
 

@@ -12,6 +12,8 @@ unless ``learning_rate_<cell type>`` is set.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import ml_collections
 import optax
 
@@ -26,34 +28,51 @@ RULES = (("grad_bound", "positive"), ("zeta", "unit_closed"),
 HYPERGRADIENTS = hypergrad.METHODS
 
 
-def _identity_gradient(arch, masks, g_u, correction, key):
+class Theory(NamedTuple):
+  """Sec. 3.1's quantities per cell type: eta, rounds per step, T and L, and
+  the reward transformation that turns per-copy gradients into rewards."""
+  rates: dict[str, float]
+  rewards_per_step: dict[str, int]
+  horizons: dict[str, int]
+  bounds: dict[str, float]
+  rewards: dict[str, optax.GradientTransformationExtraArgs]
+
+
+def theory(config: ml_collections.ConfigDict, shape: SearchShape) -> Theory:
+  """eta, T, L and the rewards of each cell type (module docstring)."""
+  acfg = config.arch_optimizer
+  per_example = acfg.per_example_rewards
+  out = Theory({}, {}, {}, {}, {})
+  for t in CELL_TYPES:
+    r = shape.replicas[t]
+    out.rewards_per_step[t] = shape.batch_size * r if per_example else 1
+    out.bounds[t] = acfg.grad_bound if per_example else acfg.grad_bound * max(r, 1)
+    out.horizons[t] = (optim.search_horizon(shape.steps_per_epoch * shape.batch_size,
+                                            shape.epochs, r)
+                       if per_example else shape.steps_per_epoch * shape.epochs)
+    n = int(shape.space.available_mask(t).sum(axis=1).max())  # N of eq. 4
+    lr = acfg.get(f"learning_rate_{t}", None)
+    out.rates[t] = float(lr) if lr is not None else optim.regret_optimal_learning_rate(
+        n, max(out.horizons[t], 1), out.bounds[t])
+    out.rewards[t] = (optim.per_copy_rewards(acfg.grad_bound) if per_example else
+                      optax.chain(optim.batch_mean_rewards(), optim.clip_rewards(out.bounds[t])))
+  return out
+
+
+def identity_gradient(arch, masks, g_u, correction, key):
   """XNAS consumes the per-copy ``dloss/du`` itself (its rewards)."""
   del arch, masks, correction, key
   return g_u
 
 
 def build(config: ml_collections.ConfigDict, shape: SearchShape) -> ArchOptimizer:
-  acfg = config.arch_optimizer
-  per_example = acfg.per_example_rewards
-  rates, per_step, horizons, bounds, txs = {}, {}, {}, {}, {}
-  for t in CELL_TYPES:
-    r = shape.replicas[t]
-    per_step[t] = shape.batch_size * r if per_example else 1
-    bounds[t] = acfg.grad_bound if per_example else acfg.grad_bound * max(r, 1)
-    horizons[t] = (optim.search_horizon(shape.steps_per_epoch * shape.batch_size, shape.epochs, r)
-                   if per_example else shape.steps_per_epoch * shape.epochs)
-    n = int(shape.space.available_mask(t).sum(axis=1).max())  # N of eq. 4
-    lr = acfg.get(f"learning_rate_{t}", None)
-    rates[t] = float(lr) if lr is not None else optim.regret_optimal_learning_rate(
-        n, max(horizons[t], 1), bounds[t])
-    rewards = (optim.per_copy_rewards(acfg.grad_bound) if per_example else
-               optax.chain(optim.batch_mean_rewards(), optim.clip_rewards(bounds[t])))
-    txs[t] = optax.chain(
-        rewards, optim.exponentiated_gradient(rates[t]),
-        optim.wipeout(rates[t], bounds[t], horizons[t], acfg.zeta, per_step[t],
-                      initial_mask=shape.default_masks[t]))
+  acfg, th = config.arch_optimizer, theory(config, shape)
+  txs = {t: optax.chain(th.rewards[t], optim.exponentiated_gradient(th.rates[t]),
+                        optim.wipeout(th.rates[t], th.bounds[t], th.horizons[t], acfg.zeta,
+                                      th.rewards_per_step[t], initial_mask=shape.default_masks[t]))
+         for t in CELL_TYPES}
   tx = optax.partition(txs, {t: t for t in CELL_TYPES}, mask_compatible_extra_args=True)
   return ArchOptimizer(tx=tx, gradient_wrt=optim.GRADIENT_WRT_MIXTURE, mixture=softmax_mixture,
-                       gradient=_identity_gradient, learning_rates=rates,
-                       rewards_per_step=per_step, horizons=horizons, reward_bounds=bounds,
-                       zeta=acfg.zeta)
+                       gradient=identity_gradient, learning_rates=th.rates,
+                       rewards_per_step=th.rewards_per_step, horizons=th.horizons,
+                       reward_bounds=th.bounds, zeta=acfg.zeta)
