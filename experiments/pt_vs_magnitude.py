@@ -59,7 +59,7 @@ def main():
   ap.add_argument("--channels", type=int, default=4, help="search supernet channels")
   ap.add_argument("--cells", type=int, default=4, help="search supernet cells")
   ap.add_argument("--retrain_cells", type=int, default=6)
-  ap.add_argument("--tune_epochs", type=int, default=1, help="PT fine-tuning per decision")
+  ap.add_argument("--tune_epochs", type=int, default=1, help="PT tuning epochs between rounds (proj_intv)")
   ap.add_argument("--retrain_epochs", type=int, default=8)
   ap.add_argument("--darts_arch_lr", type=float, default=3e-3,
                   help="10x DARTS's, so a digits search moves the logits as far as CIFAR's")
