@@ -101,7 +101,8 @@ def get(name: str):
 COMMON_RULES = (("warmup_epochs", "optional_nonnegative_int"),)
 
 
-def validate(config: ml_collections.ConfigDict, error: type = ValueError) -> None:
+def validate(config: ml_collections.ConfigDict,
+             error: type = config_checks.ConfigError) -> None:
   """Checks ``config.arch_optimizer`` and its compatibility with ``config.arch_gradient``."""
   config_checks.check_choice(config, "arch_optimizer.name", names(), error)
   module = get(config.arch_optimizer.name)
