@@ -105,6 +105,13 @@ def per_copy_rewards(grad_bound: float) -> optax.GradientTransformationExtraArgs
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def shared_gradient(g_copies: PyTree) -> PyTree:
+  """Per-copy gradients of the summed loss ``[R, B, E, N]`` -> the gradient of
+  the batch's mean loss w.r.t. the shared mixture weights ``[E, N]`` (summed
+  over the ``R`` replicas, averaged over the ``B`` examples)."""
+  return jax.tree.map(lambda g: jnp.sum(g, axis=(0, 1)) / g.shape[1], g_copies)
+
+
 def batch_mean_rewards() -> optax.GradientTransformationExtraArgs:
   """One round per step: the per-copy gradients ``[R, B, E, N]`` of the
   summed loss become the gradient of the batch's mean loss w.r.t. the shared
@@ -117,7 +124,7 @@ def batch_mean_rewards() -> optax.GradientTransformationExtraArgs:
 
   def update_fn(updates, state, params=None, *, correction=None, **extra_args):
     del params, extra_args
-    g = jax.tree.map(lambda g: jnp.sum(g, axis=(0, 1)) / g.shape[1], updates)
+    g = shared_gradient(updates)
     if correction is not None:
       g = jax.tree.map(jnp.add, g, correction)
     return g, state

@@ -134,8 +134,6 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
     The genotype and a log: one entry per decision (with its ``round``), with
     the accuracies that made it.
   """
-  if schedule not in SCHEDULES:
-    raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
   proj = Projection.empty(space)
   log: list[dict[str, Any]] = []
   state = {"u": u}
@@ -167,29 +165,12 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
                 "acc_without": {str(space.edges[e][0]): a for e, a in accs.items()},
                 "kept_inputs": sorted(space.edges[e][0] for e in keep)})
 
-  nodes = [NUM_INPUTS + j for j in range(NUM_NODES)]
-  k_ops, k_nodes = jax.random.split(key)
-  if schedule == "released":
-    edge_order = {t: np.asarray(jax.random.permutation(k, space.num_edges))
-                  for t, k in zip(CELL_TYPES, jax.random.split(k_ops, len(CELL_TYPES)))}
-    node_order = {t: np.asarray(jax.random.permutation(k, len(nodes)))
-                  for t, k in zip(CELL_TYPES, jax.random.split(k_nodes, len(CELL_TYPES)))}
-    rounds = [[(decide_op, t, int(edge_order[t][i])) for t in CELL_TYPES]
-              for i in range(space.num_edges)]
-    if any(len(space.incoming(d)) > 2 for d in nodes):  # the fixed topology has no choice
-      rounds += [[(decide_node, t, nodes[int(node_order[t][i])]) for t in CELL_TYPES]
-                 for i in range(len(nodes))]
-  else:
-    pairs = [(t, e) for t in CELL_TYPES for e in range(space.num_edges)]
-    rounds = [[(decide_op, *pairs[int(i)])]
-              for i in np.asarray(jax.random.permutation(k_ops, len(pairs)))]
-    cell_nodes = [(t, d) for t in CELL_TYPES for d in nodes if len(space.incoming(d)) > 2]
-    rounds += [[(decide_node, *cell_nodes[int(i)])]
-               for i in np.asarray(jax.random.permutation(k_nodes, len(cell_nodes)))]
-  for r, decisions in enumerate(rounds):
-    for decide, t, where in decisions:
-      decide(t, where, r)
-    if r + 1 < len(rounds):
+  decide = {"operation": decide_op, "topology": decide_node}
+  plan = rounds(space, schedule, key)
+  for r, decisions in enumerate(plan):
+    for phase, t, where in decisions:
+      decide[phase](t, where, r)
+    if r + 1 < len(plan):
       new_u = tune(*proj.apply(state["u"], masks))
       if new_u is not None:
         state["u"] = new_u
@@ -204,6 +185,33 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
                     "note": "only 'none' was live on this edge and its node needed it: "
                             "its strongest other operation by weight"})
   return genotype_of(space, proj), log
+
+
+def rounds(space: SearchSpace, schedule: str,
+           key: jax.Array) -> list[list[tuple[str, str, int]]]:
+  """The decision rounds of ``select_core``: per round, its ``(phase, cell
+  type, edge or node)`` decisions, in the order ``key`` draws (see ``SCHEDULES``)."""
+  if schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
+  nodes = [NUM_INPUTS + j for j in range(NUM_NODES)]
+  k_ops, k_nodes = jax.random.split(key)
+  if schedule == "released":
+    edge_order = {t: np.asarray(jax.random.permutation(k, space.num_edges))
+                  for t, k in zip(CELL_TYPES, jax.random.split(k_ops, len(CELL_TYPES)))}
+    node_order = {t: np.asarray(jax.random.permutation(k, len(nodes)))
+                  for t, k in zip(CELL_TYPES, jax.random.split(k_nodes, len(CELL_TYPES)))}
+    plan = [[("operation", t, int(edge_order[t][i])) for t in CELL_TYPES]
+            for i in range(space.num_edges)]
+    if any(len(space.incoming(d)) > 2 for d in nodes):  # the fixed topology has no choice
+      plan += [[("topology", t, nodes[int(node_order[t][i])]) for t in CELL_TYPES]
+               for i in range(len(nodes))]
+    return plan
+  pairs = [(t, e) for t in CELL_TYPES for e in range(space.num_edges)]
+  plan = [[("operation", *pairs[int(i)])]
+          for i in np.asarray(jax.random.permutation(k_ops, len(pairs)))]
+  cell_nodes = [(t, d) for t in CELL_TYPES for d in nodes if len(space.incoming(d)) > 2]
+  return plan + [[("topology", *cell_nodes[int(i)])]
+                 for i in np.asarray(jax.random.permutation(k_nodes, len(cell_nodes)))]
 
 
 def genotype_of(space: SearchSpace, proj: Projection) -> Genotype:
@@ -269,9 +277,9 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
 
   lr = wcfg.learning_rate / 10 if learning_rate is None else learning_rate
   steps = len(data.train) // b
-  rounds = num_rounds(net.space, schedule)
+  n_rounds = num_rounds(net.space, schedule)
   if schedule == "released":
-    lr = optax.cosine_decay_schedule(lr, max((rounds - 1) * tune_epochs * steps, 1),
+    lr = optax.cosine_decay_schedule(lr, max((n_rounds - 1) * tune_epochs * steps, 1),
                                      alpha=min(wcfg.min_learning_rate / lr, 1.0))
   tx = weight_optimizer(wcfg, lr)
 
@@ -293,21 +301,23 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
     return float(val_accuracy(tuned["params"], tuned["batch_stats"], _as_jax(u),
                               _as_jax(masks)))
 
-  def arch_step(u, masks, decided, k):
+  live0 = _as_jax(masks0)
+
+  def arch_step(u_full, masks, decided, k):
     """One architecture step at the projected weights: the gradient of the
     decided and pruned edges (whose weights no longer come from ``arch``) is 0."""
-    xb, yb = fns.prepare(*val_data, jnp.asarray(np.asarray(
-        jax.random.choice(k, len(data.val), (b,), replace=False))), k, True)
-    _, _, _, g_u, _ = fns.grads(tuned["params"], tuned["batch_stats"],
-                                search_steps.per_copy_weights(net, _as_jax(u), b), _as_jax(masks),
-                                xb, yb, k)
+    xb, yb = fns.prepare(*val_data, jax.random.choice(k, len(data.val), (b,), replace=False), k,
+                         True)
+    _, _, _, g_u, _ = fns.grads(tuned["params"], tuned["batch_stats"], u_full, masks, xb, yb, k)
     g_u = {t: jnp.where(decided[t][:, None], 0.0, g) for t, g in g_u.items()}
     tuned["arch"], tuned["arch_opt_state"] = fns.arch_update(
-        tuned["arch"], tuned["arch_opt_state"], g_u, _as_jax(masks0), None, None)
+        tuned["arch"], tuned["arch_opt_state"], g_u, live0, None, None)
 
   def tune(u, masks):
     tuned["round"] += 1
-    decided = {t: masks[t].sum(1) <= 1 for t in CELL_TYPES}  # one-hot or pruned
+    decided = {t: jnp.asarray(masks[t].sum(1) <= 1) for t in CELL_TYPES}  # one-hot or pruned
+    u, masks = _as_jax(u), _as_jax(masks)  # on the device for the whole round
+    u_full = search_steps.per_copy_weights(net, u, b)
     k_round = jax.random.fold_in(k_tune, tuned["round"])
     for epoch in range(tune_epochs):
       batches = input_pipeline.epoch_batches(k_round, len(data.train), b, epoch)
@@ -315,12 +325,14 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
         k = jax.random.fold_in(jax.random.fold_in(k_round, epoch), i)
         k_aug, k_noise, k_arch = jax.random.split(k, 3)
         if train_arch:  # the released code's order: the architecture step first
-          arch_step(u, masks, decided, k_arch)
-          u = _project(mixture(tuned["arch"]), u, decided)
+          arch_step(u_full, masks, decided, k_arch)
+          # The architecture's weights on the undecided edges, the projection's elsewhere.
+          u_arch = search.mixture(tuned["arch"], live0)
+          u = {t: jnp.where(decided[t][:, None], u[t], u_arch[t]) for t in CELL_TYPES}
+          u_full = search_steps.per_copy_weights(net, u, b)
         x, y = fns.prepare(*train_data, jnp.asarray(idx), k_aug, True)
-        _, _, g_params, _, stats = fns.grads(tuned["params"], tuned["batch_stats"],
-                                             search_steps.per_copy_weights(net, _as_jax(u), b),
-                                             _as_jax(masks), x, y, k_noise)
+        _, _, g_params, _, stats = fns.grads(tuned["params"], tuned["batch_stats"], u_full,
+                                             masks, x, y, k_noise)
         tuned["params"], tuned["opt_state"] = apply_update(tuned["params"],
                                                            tuned["opt_state"], g_params)
         tuned["batch_stats"] = stats
@@ -334,16 +346,7 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
 
 def num_rounds(space: SearchSpace, schedule: str) -> int:
   """Decision rounds of ``select_core`` (tuning runs between them)."""
-  nodes = [NUM_INPUTS + j for j in range(NUM_NODES)]
-  if schedule == "released":
-    return space.num_edges + (len(nodes) if any(len(space.incoming(d)) > 2 for d in nodes) else 0)
-  return len(CELL_TYPES) * (space.num_edges + sum(len(space.incoming(d)) > 2 for d in nodes))
-
-
-def _project(u_arch: Weights, u_projected: Weights, decided: Weights) -> Weights:
-  """The architecture's weights on undecided edges, the projection's elsewhere."""
-  return {t: np.where(decided[t][:, None], u_projected[t], u_arch[t]).astype(np.float32)
-          for t in CELL_TYPES}
+  return len(rounds(space, schedule, jax.random.key(0)))
 
 
 def _as_jax(tree: Weights) -> dict[str, jax.Array]:

@@ -25,7 +25,7 @@ import optax
 from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import optim
-from xnas_jax.arch_optimizers import ARCH_FIRST, WEIGHTS_FIRST, shared_gradient
+from xnas_jax.arch_optimizers import ARCH_FIRST, WEIGHTS_FIRST
 from xnas_jax.search_setup import COMPUTE_DTYPES, Search, live_masks, weight_schedule
 from xnas_jax.search_space import CELL_TYPES
 from xnas_jax.supernet import Supernet
@@ -114,7 +114,7 @@ def correction(search: Search, params, batch_stats, arch, masks, train_batch, va
   schedule = weight_schedule(cfg.weight_optimizer, search.steps_per_epoch * cfg.epochs)
   opts = hypergrad.options(cfg, schedule(step))
   v = jax.tree.map(lambda g: g / val_batch[1].shape[0], val_weight_grad)
-  g_u = shared_gradient(val_g_u)  # dL_val(w, a)/du, from the gradient program
+  g_u = optim.shared_gradient(val_g_u)  # dL_val(w, a)/du, from the gradient program
   if mixture:
     first_order = g_u
   else:

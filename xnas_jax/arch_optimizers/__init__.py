@@ -27,7 +27,8 @@ import optax
 
 from xnas_jax import arch as arch_lib
 from xnas_jax import config_checks
-from xnas_jax.search_space import CELL_TYPES, SearchSpace
+from xnas_jax import optim
+from xnas_jax.search_space import SearchSpace
 
 PyTree = Any
 Masks = dict[str, jax.Array]
@@ -122,12 +123,6 @@ def build(config: ml_collections.ConfigDict, shape: SearchShape) -> ArchOptimize
   return opt if warmup is None else opt._replace(warmup_epochs=int(warmup))
 
 
-def shared_gradient(g_u: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Per-copy summed-loss gradients ``[R, B, E, N]`` -> the gradient of the
-  batch's mean loss w.r.t. the shared ``u`` ``[E, N]``."""
-  return {t: jnp.sum(g_u[t], axis=(0, 1)) / g_u[t].shape[1] for t in CELL_TYPES}
-
-
 def logit_gradient(mixture: Callable[..., dict[str, jax.Array]],
                    regularizer: Callable[[PyTree], jax.Array] | None = None) -> Callable[..., PyTree]:
   """``gradient`` of an optimizer of the parameters behind ``mixture``: the
@@ -135,7 +130,7 @@ def logit_gradient(mixture: Callable[..., dict[str, jax.Array]],
   step's ``key``), plus the correction, plus the regularizer's gradient."""
   def gradient(arch, masks, g_u, correction, key):
     _, vjp = jax.vjp(lambda a: mixture(a, masks, key), arch)
-    g = vjp(shared_gradient(g_u))[0]
+    g = vjp(optim.shared_gradient(g_u))[0]
     g_reg = (jax.grad(regularizer)(arch) if regularizer is not None
              else jax.tree.map(jnp.zeros_like, arch))
     return jax.tree.map(lambda a, b, c: a + b + c, g, correction, g_reg)
