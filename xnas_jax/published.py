@@ -14,7 +14,14 @@ Sources (each entry's ``source``):
   xiangning-chen/DrNAS ``DARTS-space/genotypes.py`` (4.1M, Table 1);
 * ``darts_pt``: Wang et al., DARTS-PT (ICLR 2021), ``darts_pt_s5_1`` in
   ruocwang/darts-pt ``sota/cnn/genotypes.py`` (commented 3.05M there; the
-  paper's Table 2 reports 3.0M).
+  paper's Table 2 reports 3.0M);
+* ``xnas``: Nayman et al., XNAS (NeurIPS 2019), ``XNAS`` in NivNayman/XNAS
+  ``genotypes.py`` (XNAS-Small, 3.7M, Table 1).  Its evaluation network in
+  that release (``model.py``) is DARTS's (concatenated nodes, reductions at
+  ``20 * (1, 2) // 3``) and counts 3.79M here: the paper rounds down;
+* ``pdarts``: Chen et al., P-DARTS (ICCV 2019), ``PDARTS`` in
+  chenxin061/pdarts ``genotypes.py``, as also shipped in xiangning-chen/DrNAS
+  (3.4M, Table 1).
 """
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ class Published(NamedTuple):
   # paper reports for this cell; None where the paper's number is not this cell's.
   params_m: float | None
   source: str
+  # How far the count here may be from ``params_m`` (the papers round to 0.1M).
+  tolerance_m: float = 0.06
 
 
 def _g(normal, reduce) -> Genotype:
@@ -70,6 +79,20 @@ GENOTYPES: dict[str, Published] = {
         [("dil_conv_5x5", 0), ("avg_pool_3x3", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 2),
          ("max_pool_3x3", 1), ("dil_conv_3x3", 3), ("sep_conv_5x5", 0), ("sep_conv_3x3", 4)]),
         3.0, "DARTS-PT on DARTS's space; ruocwang/darts-pt sota/cnn/genotypes.py darts_pt_s5_1"),
+    "xnas": Published(_g(
+        [("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("sep_conv_3x3", 2),
+         ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("dil_conv_5x5", 4), ("sep_conv_3x3", 0)],
+        [("max_pool_3x3", 0), ("avg_pool_3x3", 1), ("avg_pool_3x3", 0), ("skip_connect", 2),
+         ("dil_conv_3x3", 3), ("max_pool_3x3", 0), ("dil_conv_5x5", 4), ("avg_pool_3x3", 0)]),
+        3.7, "XNAS CIFAR-10 (XNAS-Small, Table 1); NivNayman/XNAS genotypes.py XNAS (3.79M "
+              "in DARTS's evaluation network, which that release uses: the paper rounds down)",
+        tolerance_m=0.1),
+    "pdarts": Published(_g(
+        [("skip_connect", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 1),
+         ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4)],
+        [("avg_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+         ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3)]),
+        3.4, "P-DARTS CIFAR-10 (Table 1); chenxin061/pdarts genotypes.py PDARTS"),
 }
 
 
