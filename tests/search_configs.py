@@ -8,6 +8,7 @@ def tiny_config(**overrides):
   c.channels, c.num_cells, c.batch_size, c.epochs, c.limit = 4, 3, 16, 2, 96
   c.num_devices = 1  # tests/test_parallel.py covers 8
   c.rebuild_wiped = False  # tests/test_rebuild.py covers rebuilds
+  c.figures = False  # tests/test_figures.py draws them
   # The tiny searches are compile-bound: the grouped depthwise conv compiles
   # in half the time of the CPU's default shifted form (10 s against 22 s for
   # this supernet's gradient program).  The shifted form is tested in

@@ -10,6 +10,7 @@ import pytest
 
 from xnas_jax import checkpointing, config_defaults, evalnet, retrain
 from xnas_jax.genotype import Genotype
+from tfevents import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENOTYPE = Genotype(
@@ -25,6 +26,7 @@ def tiny_eval_config(**overrides):
   c = config_defaults.eval_config()
   c.channels, c.num_cells, c.batch_size, c.epochs, c.limit = 4, 3, 32, 2, 256
   c.num_devices = 1
+  c.figures = False
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -33,7 +35,8 @@ def tiny_eval_config(**overrides):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("retrain"))
-  return workdir, retrain.train_and_evaluate(tiny_eval_config(), GENOTYPE, workdir, progress=False)
+  return workdir, retrain.train_and_evaluate(tiny_eval_config(figures=True), GENOTYPE, workdir,
+                                             progress=False)
 
 
 def test_a_genotype_retrains_end_to_end(finished):
@@ -46,6 +49,12 @@ def test_a_genotype_retrains_end_to_end(finished):
   assert s["params_m"] * 1e6 == evalnet.parameter_count(result["state"]["params"])
   assert Genotype.from_dict(s["genotype"]) == GENOTYPE
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "2"
+  events = summaries(os.path.join(workdir, "tensorboard"))
+  for line in lines:
+    assert events[("loss/train", "simple_value")][line["epoch"]] == pytest.approx(
+        line["train_loss"], rel=1e-6)
+  assert events[("acc/test", "simple_value")] == {2: pytest.approx(s["test_acc"])}
+  assert os.path.getsize(os.path.join(workdir, "genotype.png")) > 10_000
 
 
 def test_retraining_learns_digits(tmp_path):

@@ -4,8 +4,10 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from search_configs import tiny_config
+from tfevents import summaries
 from xnas_jax import search_setup
 from xnas_jax import train
 
@@ -34,6 +36,9 @@ def test_seed_k_of_a_two_seed_run_equals_a_single_run_with_seed_k(tmp_path):
   assert [l["seed"] for l in lines] == [3, 4]
   np.testing.assert_allclose(lines[1]["val_loss"], many["summaries"][1]["val_loss"])
   assert os.path.exists(tmp_path / "k" / "genotype_seed4.json")
+  for seed, line in zip((3, 4), lines):  # one TensorBoard run per seed
+    events = summaries(str(tmp_path / "k" / "tensorboard" / f"seed{seed}"))
+    assert events[("loss/val", "simple_value")][1] == pytest.approx(line["val_loss"], rel=1e-6)
 
 
 def test_xnas_seeds_keep_their_own_wipeout_masks(tmp_path):

@@ -13,6 +13,7 @@ from xnas_jax import search_setup
 from xnas_jax import search_steps
 from xnas_jax import checkpointing, train
 from search_configs import crash_then_resume, tiny_config
+from tfevents import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
-  return workdir, train.train_and_evaluate(tiny_config(), workdir, progress=False)
+  return workdir, train.train_and_evaluate(tiny_config(figures=True), workdir, progress=False)
 
 
 def test_end_to_end_search_writes_metrics_checkpoints_and_genotype(finished):
@@ -45,6 +46,56 @@ def test_end_to_end_search_writes_metrics_checkpoints_and_genotype(finished):
     for (op, src), k in zip(g[t], _edge_ids(space, g[t])):
       assert bool(masks[t][k, space.ops.index(op)])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "2"
+
+
+def test_a_search_leaves_tensorboard_events_and_pictures(finished):
+  """The event file holds the metrics lines' numbers per epoch, and the
+  mixture weights (which each line records) as a histogram and a picture."""
+  workdir, _ = finished
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  events = summaries(os.path.join(workdir, "tensorboard"))
+  for tag, key in (("loss/train", "train_loss"), ("acc/val", "val_acc"),
+                   ("entropy/normal", "entropy_normal"), ("active/reduce", "active_reduce"),
+                   ("wipeout_gap/normal", "wipeout_gap_normal"),
+                   ("learning_rate/weights", "learning_rate")):
+    got = events[(tag, "simple_value")]
+    assert sorted(got) == [1, 2]
+    for line in lines:
+      assert got[line["epoch"]] == pytest.approx(line[key], rel=1e-6, abs=1e-7), tag
+  for line in lines:
+    u = np.asarray(line["mixture_normal"])
+    assert u.shape == (14, 7)
+    np.testing.assert_allclose(u.sum(-1), 1.0, atol=1e-5)  # over each edge's live experts
+    assert events[("mixture/normal", "histo")][line["epoch"]].num == u.size
+    image = events[("mixture/normal", "image")][line["epoch"]]
+    assert (image.height, image.width) == (14 * 12, 7 * 12)
+  # The weight rate of each epoch's last step, on DARTS's cosine schedule
+  # from 0.025 to 0.001 over the search's T steps.
+  total = lines[-1]["step"]
+  for line in lines:
+    t = line["step"] - 1
+    want = 0.001 + 0.024 * 0.5 * (1 + np.cos(np.pi * t / total))
+    assert line["learning_rate"] == pytest.approx(want, rel=1e-5)
+  for name in ("genotype.png", "genotype.svg", "report.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 10_000, name
+  svg = open(os.path.join(workdir, "genotype.svg")).read()
+  g = json.load(open(os.path.join(workdir, "genotype.json")))
+  for op, _ in g["normal"] + g["reduce"]:
+    assert f">{op}<" in svg
+
+
+def test_xnas_draw_redraws_a_report_and_a_genotype(finished, tmp_path):
+  workdir, _ = finished
+  out = tmp_path / "cells.svg"
+  for args in (["--report", workdir], [os.path.join(workdir, "genotype.json"), "--out", str(out)]):
+    proc = subprocess.run([sys.executable, "-m", "xnas_jax.draw_main", *args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+  assert os.path.getsize(out) > 10_000
+  proc = subprocess.run([sys.executable, "-m", "xnas_jax.draw_main", "--report", str(tmp_path)],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+  assert "is not a search workdir" in proc.stderr
 
 
 def _edge_ids(space, cell):

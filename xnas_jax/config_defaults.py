@@ -74,6 +74,11 @@ def base_config() -> ml_collections.ConfigDict:
   # from learning_rate, None: the search's / 10, on a cosine schedule;
   # train_arch: architecture steps while tuning) or "per_decision".
   config.selection = "magnitude"
+  # What a search leaves for a person to look at: TensorBoard event files
+  # (workdir/tensorboard) and pictures (genotype.png/.svg of the cells,
+  # report.png of the search's course); xnas_jax.events, xnas_jax.figures.
+  config.tensorboard = True
+  config.figures = True
   config.pt = ml_collections.ConfigDict({
       "schedule": "released", "tune_epochs": 5, "train_arch": True,
       "learning_rate": ml_collections.FieldReference(None, field_type=float)})
@@ -108,4 +113,6 @@ def eval_config() -> ml_collections.ConfigDict:
   config.drop_path_prob = 0.2
   config.label_smoothing = 0.1
   config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False, "cutout": 2})
+  config.tensorboard = True  # event files in workdir/tensorboard
+  config.figures = True  # workdir/genotype.png, the retrained cells
   return config

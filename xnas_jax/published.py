@@ -96,6 +96,15 @@ GENOTYPES: dict[str, Published] = {
 }
 
 
+def load(spec: str) -> Genotype:
+  """A published genotype by name, or else the genotype JSON file ``spec``
+  (raises ``OSError`` or ``ValueError``)."""
+  if spec in GENOTYPES:
+    return GENOTYPES[spec].genotype
+  with open(spec) as f:
+    return Genotype.from_json(f.read())
+
+
 def get(name: str) -> Genotype:
   """The published genotype ``name`` (one of ``GENOTYPES``)."""
   if name not in GENOTYPES:

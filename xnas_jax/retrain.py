@@ -32,6 +32,8 @@ from xnas_jax import checkpointing
 from xnas_jax import config_checks
 from xnas_jax import cli
 from xnas_jax import evalnet
+from xnas_jax import events
+from xnas_jax import figures
 from xnas_jax import input_pipeline
 from xnas_jax import optim
 from xnas_jax import parallel
@@ -59,11 +61,12 @@ _RULES = (
     ("grad_clip", "positive"), ("aux_weight", "nonnegative"), ("drop_path_prob", "unit_open"),
     ("label_smoothing", "unit_open"), ("augment.pad", "nonnegative_int"),
     ("augment.flip", "bool"), ("augment.cutout", "nonnegative_int"),
+    ("tensorboard", "bool"), ("figures", "bool"),
 )
 
 
 # Keys that may differ when a retraining resumes (see train.RESUMABLE_KEYS).
-RESUMABLE_KEYS = frozenset({"data_dir", "num_devices"})
+RESUMABLE_KEYS = frozenset({"data_dir", "num_devices", "tensorboard", "figures"})
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -87,6 +90,7 @@ class Retraining:
   std: np.ndarray
   tx: optax.GradientTransformation
   steps_per_epoch: int
+  schedule: optax.Schedule  # the learning rate of each step
 
 
 def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
@@ -107,7 +111,8 @@ def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
                                          alpha=config.min_learning_rate / config.learning_rate)
   tx = optim.darts_sgd(schedule, config.momentum, config.weight_decay, config.grad_clip,
                        nesterov=config.nesterov)
-  return Retraining(config, genotype, net, train, data.test, data.mean, data.std, tx, steps)
+  return Retraining(config, genotype, net, train, data.test, data.mean, data.std, tx, steps,
+                    schedule)
 
 
 def init_state(run: Retraining, key: jax.Array) -> PyTree:
@@ -217,6 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
   steps, b = run.steps_per_epoch, config.batch_size
   params_m = evalnet.parameter_count(state["params"]) / 1e6
   summary: dict[str, Any] = {}
+  writers = events.EventWriters(workdir, [None], config.tensorboard)
+  if config.figures:
+    figures.draw_genotype(genotype, [os.path.join(workdir, "genotype.png")], "retrained:")
   epochs = cli.progress(range(start, config.epochs), progress, "retrain")
   try:
     for epoch in epochs:
@@ -234,14 +242,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
       state = dict(state, epoch=state["epoch"] + 1)
       summary = {"epoch": epoch + 1, "train_loss": float(out[:, 0].mean()),
                  "train_acc": float(out[:, 1].sum() / (steps * b)),
+                 "learning_rate": float(run.schedule(int(state["step"]) - 1)),
                  "epoch_time_s": round(time.time() - t0, 3)}
       checkpointing.append_metrics(metrics_path, [summary])
+      writers.write([summary])
       checkpointing.save(manager, epoch + 1, state, {"genotype": genotype.to_dict()})
   finally:
     manager.wait_until_finished()
     manager.close()
   summary = dict(summary, test_acc=test_accuracy(run, fns, state), params_m=params_m,
                  genotype=genotype.to_dict(), seed=config.seed)
+  writers.write([{"epoch": summary.get("epoch", start), "test_acc": summary["test_acc"]}])
+  writers.close()
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return {"state": state, "summary": summary}

@@ -17,13 +17,12 @@ from xnas_jax import cli
 from xnas_jax import input_pipeline
 from xnas_jax import published
 from xnas_jax import retrain
-from xnas_jax.genotype import Genotype
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining configuration file.",
                                           lock_config=True)
 _GENOTYPE = flags.DEFINE_string(
     "genotype", None, "Genotype JSON (as written by xnas-search), or a published cell by name "
-    "(xnas_jax.published: darts_v1, darts_v2, pc_darts, drnas, darts_pt).")
+    "(xnas_jax.published: " + ", ".join(published.GENOTYPES) + ").")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
@@ -39,11 +38,7 @@ def run(argv: list[str] | None = None) -> None:
     _fail("--genotype is required")
   workdir = cli.check_workdir("xnas-train", _WORKDIR.value)
   try:
-    if _GENOTYPE.value in published.GENOTYPES:  # a published cell by name
-      genotype = published.get(_GENOTYPE.value)
-    else:
-      with open(_GENOTYPE.value) as f:
-        genotype = Genotype.from_json(f.read())
+    genotype = published.load(_GENOTYPE.value)
   except OSError as e:
     _fail(f"cannot read genotype {_GENOTYPE.value!r}: {e.strerror}")
   except ValueError as e:

@@ -37,7 +37,13 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
       "train_loss": float(sums[0] / n), "train_acc": float(sums[1] / n),
       "val_loss": float(sums[2] / n), "val_acc": float(sums[3] / n),
   }
+  # The rates of the epoch's last step: the weights' cosine schedule, and
+  # the architecture optimizer's per cell type where it has one (XNAS's eta).
+  out["learning_rate"] = search.weight_learning_rate(max(int(state["step"]) - 1, 0))
+  for t, rate in search.arch_opt.learning_rates.items():
+    out[f"arch_learning_rate_{t}"] = float(rate)
   for t in CELL_TYPES:
+    out[f"mixture_{t}"] = np.round(np.asarray(u[t], np.float64), 6).tolist()  # [edges, ops]
     out[f"entropy_{t}"] = float(arch_lib.normalized_entropy(u[t]))
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
     out[f"built_ops_{t}"] = len(search.net.built_ops(t))

@@ -39,6 +39,7 @@ RULES = (
     ("limit", "nonnegative_int"), ("seed", "nonnegative_int"), ("num_seeds", "positive_int"),
     ("channels", "positive_int"), ("num_cells", "positive_int"), ("batch_size", "positive_int"),
     ("num_devices", "nonnegative_int"), ("epochs", "positive_int"), ("rebuild_wiped", "bool"),
+    ("tensorboard", "bool"), ("figures", "bool"),
     ("augment.pad", "nonnegative_int"), ("augment.flip", "bool"),
     ("weight_optimizer.learning_rate", "positive"),
     ("weight_optimizer.min_learning_rate", "nonnegative"),
@@ -78,6 +79,11 @@ class Search:
               key: jax.Array | None = None) -> dict[str, jax.Array]:
     """The mixture weights ``u`` of architecture parameters ``arch``."""
     return self.arch_opt.mixture(arch, masks, key)
+
+  def weight_learning_rate(self, step: int) -> float:
+    """The weight optimizer's learning rate at ``step``."""
+    return float(weight_schedule(self.config.weight_optimizer,
+                                 self.steps_per_epoch * self.config.epochs)(step))
 
 
 def depthwise_impl(config: ml_collections.ConfigDict) -> str:

@@ -26,6 +26,8 @@ from xnas_jax import checkpointing
 from xnas_jax import cli
 from xnas_jax import compile_counter
 from xnas_jax import config_checks
+from xnas_jax import events
+from xnas_jax import figures
 from xnas_jax import input_pipeline
 from xnas_jax import parallel
 from xnas_jax import search_metrics
@@ -33,6 +35,7 @@ from xnas_jax import search_setup
 from xnas_jax import search_steps
 from xnas_jax import seeds as seeds_lib
 from xnas_jax import selection
+from xnas_jax.search_space import CELL_TYPES
 
 PyTree = Any
 ConfigError = config_checks.ConfigError
@@ -43,6 +46,7 @@ SearchDiverged = search_metrics.SearchDiverged
 # summation order only), and the selection run after the search.  Anything
 # else (more epochs change XNAS's horizon T and its rates) is another run.
 RESUMABLE_KEYS = frozenset({"data_dir", "num_devices", "depthwise_impl", "selection",
+                            "tensorboard", "figures",
                             "pt.schedule", "pt.tune_epochs", "pt.learning_rate",
                             "pt.train_arch"})
 
@@ -137,6 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = run.step_function(fns)
   train_data, val_data = run.data("train", mesh), run.data("val", mesh)
   first_epoch = search_metrics.first_epoch_metrics(metrics_path, [c.seed for c in run.configs])
+  writers = events.EventWriters(workdir, [c.seed for c in run.configs], config.tensorboard)
   bar = cli.progress(range(start_epoch, config.epochs), progress, "search")
   try:
     for epoch in bar:
@@ -162,6 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           step = run.step_function(fns)
           summaries = [dict(s, rebuilt_without=dropped) for s in summaries]
       checkpointing.append_metrics(metrics_path, summaries)
+      writers.write(summaries, CELL_TYPES)
       checkpointing.save(manager, int(np.max(state["epoch"])), state,
                          {"active_ops": [list(o) for o in search_setup.built_ops(run.searches[0])]})
       if hasattr(bar, "set_postfix"):
@@ -169,6 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         bar.set_postfix(train_acc=f"{s0['train_acc']:.3f}", val_acc=f"{s0['val_acc']:.3f}",
                         H=f"{s0['entropy_normal']:.3f}")
   finally:
+    writers.close()
     manager.wait_until_finished()
     manager.close()
   return _select(run, state, fns, workdir, summaries if start_epoch < config.epochs else None)
@@ -214,6 +221,11 @@ def _select(run: _Seeds, state: PyTree, fns: search_steps.StepFunctions, workdir
       _write(workdir, f"{stem}{suffix}.json", text)
     genotypes.append(chosen.genotype)
     _write(workdir, f"genotype{suffix}.json", chosen.genotype.to_json())
+    if s.config.figures:
+      seed = run.configs[k].seed
+      figures.draw_genotype(chosen.genotype, [os.path.join(workdir, f"genotype{suffix}{ext}")
+                                              for ext in (".png", ".svg")], f"seed {seed}:")
+      figures.report_from_workdir(workdir, s.net.space, seed, suffix, chosen.genotype)
     summaries[k] = dict(summaries[k], supernet_test_acc=supernet_test_accuracy(s, fns, one),
                         genotype=chosen.genotype.to_dict(),
                         arch_learning_rates=s.arch_opt.learning_rates,

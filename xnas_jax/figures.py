@@ -1,0 +1,225 @@
+"""Pictures of a search: the found cells, and a report of the search's course.
+
+``draw_genotype`` draws the normal and the reduction cell the way the DARTS
+and XNAS papers draw them (DARTS Fig. 4-5, XNAS Fig. 2): the two cell inputs
+``c_{k-2}``, ``c_{k-1}`` on the left, the intermediate nodes laid out by
+depth, each kept edge an arrow labelled with its operation, and the
+concatenated nodes feeding the output ``c_{k}``.  ``search_report`` draws,
+from ``metrics.jsonl``, the mixture weights of every edge over the epochs
+(one small plot per edge, placed as the edge sits in the cell: rows are the
+destination nodes, columns the sources) and, per cell type, the live experts
+and the normalized entropy over the epochs (XNAS's wipeouts are the steps
+down in the live experts and the weights dropping to zero).
+
+Drawn with matplotlib's object API (``Figure`` and the Agg canvas), so no
+display, no pyplot state and no system package such as graphviz is needed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib import patches
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from xnas_jax.genotype import Genotype
+from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, SearchSpace
+
+# One colour per operation name, the same in every picture.
+OP_COLORS = {
+    "none": "#9e9e9e", "max_pool_3x3": "#1f77b4", "avg_pool_3x3": "#17becf",
+    "skip_connect": "#2ca02c", "sep_conv_3x3": "#d62728", "sep_conv_5x5": "#ff7f0e",
+    "dil_conv_3x3": "#9467bd", "dil_conv_5x5": "#8c564b", "noise": "#e377c2",
+}
+_OTHER = "#444444"
+_DX, _DY = 4.8, 2.2  # spacing of the depth levels, and of the states within a level
+
+
+def _save(fig: Figure, paths: Sequence[str]) -> list[str]:
+  FigureCanvasAgg(fig)
+  with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text
+    for path in paths:
+      fig.savefig(path, dpi=130, bbox_inches="tight")
+  return list(paths)
+
+
+def _levels(edges: Sequence[tuple[str, int]]) -> dict[int, int]:
+  """Depth of every state: inputs 0, a node one more than its deepest source."""
+  level = {0: 0, 1: 0}
+  for k in range(len(edges) // 2):
+    level[k + NUM_INPUTS] = 1 + max(level.get(src, 0) for _, src in edges[2 * k:2 * k + 2])
+  return level
+
+
+def _state_name(state: int) -> str:
+  return ("$c_{k-2}$", "$c_{k-1}$")[state] if state < NUM_INPUTS else str(state - NUM_INPUTS)
+
+
+def draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
+  """One cell on ``ax``: states as boxes, kept edges as labelled arrows."""
+  num_nodes = len(edges) // 2
+  level = _levels(edges)
+  out_level = max(level.values()) + 1
+  sources = {k + NUM_INPUTS: [src for _, src in edges[2 * k:2 * k + 2]] for k in range(num_nodes)}
+  widest = max(sum(l == lv for l in level.values()) for lv in range(1, out_level))
+  spread = _DY * max(widest - 1, 1.6) / 2
+  pos = {0: (0.0, spread), 1: (0.0, -spread)}
+  for lv in range(1, out_level):
+    # Barycentre order: a node sits near its sources, which keeps arrows from crossing.
+    states = sorted((s for s, l in level.items() if l == lv),
+                    key=lambda s: (-np.mean([pos[x][1] for x in sources[s]]), s))
+    # A level of one node sits off the middle line, alternately up and down,
+    # so that a chain of nodes does not hide the edges that skip a level.
+    shift = 0.4 * _DY * (-1) ** lv if len(states) == 1 else 0.0
+    for i, state in enumerate(states):
+      pos[state] = (_DX * lv, _DY * ((len(states) - 1) / 2.0 - i) + shift)
+  pos["out"] = (_DX * out_level, 0.0)
+
+  def box(state, label, color):
+    x, y = pos[state]
+    ax.text(x, y, label, ha="center", va="center", fontsize=10, zorder=3,
+            bbox=dict(boxstyle="round,pad=0.35", fc=color, ec="black", lw=0.8))
+
+  for state in level:
+    box(state, _state_name(state), "#a6cee3" if state < NUM_INPUTS else "#fff2ae")
+  box("out", "$c_{k}$", "#b2df8a")
+
+  def line(p1, p2, color, head, rad=0.0):
+    ax.add_patch(patches.FancyArrowPatch(
+        p1, p2, arrowstyle="-|>" if head else "-", mutation_scale=12, color=color, lw=1.4,
+        shrinkA=12, shrinkB=12 if head else 0, zorder=1, connectionstyle=f"arc3,rad={rad}"))
+
+  extent = []
+  for k in range(num_nodes):
+    # Each kept edge is drawn as its operation's label just left of the node
+    # it feeds (one above, one below), with a line from the source to the
+    # label and an arrow from the label on: the labels cannot overlap.
+    dst = k + NUM_INPUTS
+    x, y = pos[dst]
+    for j, (op, src) in enumerate(edges[2 * k:2 * k + 2]):
+      color = OP_COLORS.get(op, _OTHER)
+      at = (x - 0.42 * _DX, y + (0.3 if j == 0 else -0.3) * _DY)
+      # An edge that skips levels bows away from the nodes it passes (arc3's
+      # rad < 0 bends a rightward line up).
+      skipped = level[dst] - level[src] - 1
+      rad = 0.07 * skipped * (-1 if pos[src][1] >= at[1] else 1)
+      line(pos[src], at, color, head=False, rad=rad)
+      bulge = -rad * (at[0] - pos[src][0]) / 2  # the curve's height over the chord's middle
+      extent.append((pos[src][1] + at[1]) / 2 + bulge)
+      line(at, (x, y), color, head=True)
+      ax.text(*at, op, ha="center", va="center", fontsize=7, color=color, zorder=2,
+              bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.8))
+  for state in concat:
+    line(pos[state], pos["out"], "#777777", head=True)
+  xs = [p[0] for p in pos.values()]
+  ys = [p[1] for p in pos.values()] + extent
+  ax.set_xlim(min(xs) - 1.0, max(xs) + 1.0)
+  ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
+  ax.set_aspect("equal")
+  ax.axis("off")
+  ax.set_title(title, fontsize=11)
+
+
+def genotype_figure(genotype: Genotype, title: str = "") -> Figure:
+  """The normal and the reduction cell of ``genotype``, side by side."""
+  fig = Figure(figsize=(15, 5.0))
+  FigureCanvasAgg(fig)
+  for i, t in enumerate(CELL_TYPES):
+    ax = fig.add_subplot(1, 2, i + 1)
+    draw_cell(ax, genotype.edges(t),
+              genotype.normal_concat if t == "normal" else genotype.reduce_concat,
+              f"{title} {t} cell".strip())
+  return fig
+
+
+def draw_genotype(genotype: Genotype, paths: Sequence[str], title: str = "") -> list[str]:
+  """Draws ``genotype_figure`` into each of ``paths`` (the format from the
+  suffix: ``.png``, ``.svg``, ``.pdf``)."""
+  return _save(genotype_figure(genotype, title), paths)
+
+
+def read_metrics(path: str, seed: int | None = None) -> list[dict[str, Any]]:
+  """The per-epoch lines of ``metrics.jsonl`` (one seed's: the first seed by default)."""
+  with open(path) as f:
+    lines = [json.loads(l) for l in f if l.strip()]
+  if seed is None and lines:
+    seed = lines[0].get("seed")
+  return [l for l in lines if l.get("seed") == seed]
+
+
+def search_report(lines: Sequence[dict[str, Any]], ops: Sequence[str],
+                  edges: Sequence[tuple[int, int]], paths: Sequence[str],
+                  title: str = "", genotype: Genotype | None = None) -> list[str]:
+  """Draws ``report_figure`` into each of ``paths``."""
+  return _save(report_figure(lines, ops, edges, title, genotype), paths)
+
+
+def report_figure(lines: Sequence[dict[str, Any]], ops: Sequence[str],
+                  edges: Sequence[tuple[int, int]], title: str = "",
+                  genotype: Genotype | None = None) -> Figure:
+  """The search's course from its metrics lines (each with ``mixture_<type>``,
+  ``active_<type>`` and ``entropy_<type>``): see the module docstring.  The
+  edges ``genotype`` keeps are framed in their operation's colour."""
+  if not lines:
+    raise ValueError("no metrics lines to draw")
+  epochs = [l["epoch"] for l in lines]
+  num_src = max(s for s, _ in edges) + 1
+  num_dst = max(d for _, d in edges) - NUM_INPUTS + 1
+  fig = Figure(figsize=(16, 9.5))
+  outer = fig.add_gridspec(2, 2, height_ratios=[3.2, 1.0], hspace=0.25, wspace=0.08)
+  for c, t in enumerate(CELL_TYPES):
+    mix = np.asarray([l[f"mixture_{t}"] for l in lines])  # [epochs, E, N]
+    grid = outer[0, c].subgridspec(num_dst, num_src, hspace=0.15, wspace=0.1)
+    kept = {}
+    if genotype is not None:
+      for k, (op, src) in enumerate(genotype.edges(t)):
+        kept[(src, k // 2 + NUM_INPUTS)] = op
+    for e, (src, dst) in enumerate(edges):
+      ax = fig.add_subplot(grid[dst - NUM_INPUTS, src])
+      for i, op in enumerate(ops):
+        ax.plot(epochs, mix[:, e, i], color=OP_COLORS.get(op, _OTHER), lw=1.2)
+      ax.set_ylim(-0.02, 1.02)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.text(0.03, 0.95, f"{_state_name(src)}->{_state_name(dst)}", transform=ax.transAxes,
+              fontsize=6, va="top")
+      if (src, dst) in kept:
+        for side in ax.spines.values():
+          side.set_edgecolor(OP_COLORS.get(kept[(src, dst)], _OTHER))
+          side.set_linewidth(2.5)
+    fig.text(0.3 + 0.41 * c, 0.93, f"{t} cell: mixture weights u per edge over epochs "
+             f"{epochs[0]}-{epochs[-1]}" + (" (framed: kept)" if kept else ""), ha="center",
+             fontsize=10)
+  handles = [patches.Patch(color=OP_COLORS.get(op, _OTHER), label=op) for op in ops]
+  fig.legend(handles=handles, loc="upper center", ncol=len(ops), fontsize=8, frameon=False,
+             bbox_to_anchor=(0.5, 0.975))
+  for c, (key, label) in enumerate((("active", "live experts"), ("entropy", "normalized entropy"))):
+    ax = fig.add_subplot(outer[1, c])
+    for t, style in zip(CELL_TYPES, ("-", "--")):
+      ax.plot(epochs, [l[f"{key}_{t}"] for l in lines], style, marker="o", ms=3, label=t)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(label)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title, y=1.0)
+  return fig
+
+
+def report_from_workdir(workdir: str, space: SearchSpace, seed: int | None = None,
+                        suffix: str = "", genotype: Genotype | None = None) -> list[str]:
+  """``workdir/report<suffix>.png`` from ``workdir/metrics.jsonl`` (nothing
+  when its lines have no mixture weights: a workdir of an older version)."""
+  lines = [l for l in read_metrics(os.path.join(workdir, "metrics.jsonl"), seed)
+           if all(f"mixture_{t}" in l for t in CELL_TYPES)]
+  if not lines:
+    return []
+  title = f"seed {lines[0].get('seed')}" if lines[0].get("seed") is not None else ""
+  return search_report(lines, space.ops, space.edges,
+                       [os.path.join(workdir, f"report{suffix}.png")], title, genotype)
