@@ -136,6 +136,8 @@ def test_cli_config_files_and_workdirs(program, tmp_path):
        "exists and is not a directory"),
       (["--config", config, "--workdir", str(tmp_path / "w"), "--config.num_devices=-1"],
        "num_devices must be an integer >= 0, got -1"),
+      (["--config", config, "--workdir", str(tmp_path / "w"), "--config.dataset=folder:/no/dir"],
+       "folder:/no/dir is not a directory"),
   ]:
     status, lines = _run(program, args + genotype, tmp_path)
     assert status == 2 and len(lines) == 1 and message in lines[0], (args, lines)

@@ -1,4 +1,14 @@
-"""Data: the embedded digits set, TFDS image sets, splits, augmentation.
+"""Data: the embedded digits set, TFDS image sets, the user's own images,
+splits, augmentation.
+
+A user's data set is named in the config as ``folder:/path/to/dir`` (class
+folders of image files, the layout ``tfds.folder_dataset.ImageFolder``
+reads: ``dir/<class>/<image>``, or ``dir/train/<class>/<image>`` with an
+optional ``dir/test/<class>/<image>``; decoded with Pillow, no TensorFlow)
+or ``npz:/path/to/file.npz`` (arrays ``images`` ``[n, H, W]`` or
+``[n, H, W, C]``, uint8 in 0-255 or floats in [0, 1], and integer
+``labels`` ``[n]`` in ``0..K-1``; optionally ``test_images`` and
+``test_labels``).  Without a test split, one is held out as for digits.
 
 Every data set is loaded whole into NumPy arrays (images NHWC float32 in
 [0, 1], integer labels); searches on CIFAR-sized data keep them on the device
@@ -18,6 +28,8 @@ import numpy as np
 TFDS_NAMES = ("cifar10", "cifar100", "svhn_cropped", "fashion_mnist")
 SYNTHETIC = {"synthetic_cifar10": ((32, 32, 3), 10, 2048)}  # shape, classes, size
 DATASETS = ("digits",) + TFDS_NAMES + tuple(SYNTHETIC)
+USER_KINDS = ("folder", "npz")  # dataset = "<kind>:<path>"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +58,141 @@ class SearchData:
 
 class DataNotPreparedError(RuntimeError):
   """A TFDS data set is not prepared in the local data directory."""
+
+
+class DataError(ValueError):
+  """A user's data set that cannot be read as images and labels (one line)."""
+
+
+def dataset_error(name: str) -> str | None:
+  """Why ``name`` is not a data set name (None: it is one)."""
+  kind, sep, path = name.partition(":")
+  if sep and kind in USER_KINDS:
+    return None if path else f"dataset {name!r} names no path (expected {kind}:/path)"
+  if name in DATASETS:
+    return None
+  return (f"unknown dataset {name!r}; expected one of {list(DATASETS)}, "
+          f"folder:/path/to/class_folders or npz:/path/to/file.npz")
+
+
+def _check(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
+  """A Split of ``images`` (uint8 or floats, NHW or NHWC) and ``labels``."""
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or len(images) == 0:
+    raise DataError(f"{where}: images must be [n, H, W] or [n, H, W, C] with n > 0, "
+                    f"got shape {images.shape}")
+  if labels.shape != (len(images),):
+    raise DataError(f"{where}: labels must be [n] = [{len(images)}], got shape {labels.shape}")
+  if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+    raise DataError(f"{where}: labels must be integers >= 0, got {labels.dtype} "
+                    f"from {labels.min()}")
+  if images.dtype == np.uint8:
+    images = images.astype(np.float32) / 255.0
+  elif np.issubdtype(images.dtype, np.floating):
+    images = images.astype(np.float32)
+    if not np.isfinite(images).all():
+      raise DataError(f"{where}: images hold non-finite values")
+  else:
+    raise DataError(f"{where}: images must be uint8 or floats, got {images.dtype}")
+  return Split(images, labels.astype(np.int32))
+
+
+def load_npz(path: str) -> tuple[Split, Split | None, int]:
+  """``images``/``labels`` (and optional ``test_images``/``test_labels``) of
+  an ``.npz`` file; the classes are ``0..max label``."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise DataError(f"cannot read npz:{path}: {str(e).splitlines()[0]}") from None
+  missing = {"images", "labels"} - set(arrays)
+  if missing:
+    raise DataError(f"npz:{path} has no {sorted(missing)} array (it has {sorted(arrays)})")
+  train = _check(arrays["images"], arrays["labels"], f"npz:{path}")
+  test = None
+  if "test_images" in arrays or "test_labels" in arrays:
+    if not {"test_images", "test_labels"} <= set(arrays):
+      raise DataError(f"npz:{path} has only one of test_images and test_labels")
+    test = _check(arrays["test_images"], arrays["test_labels"], f"npz:{path} (test)")
+    if test.images.shape[1:] != train.images.shape[1:]:
+      raise DataError(f"npz:{path}: test images are {test.images.shape[1:]}, "
+                      f"training images {train.images.shape[1:]}")
+  num_classes = int(max(train.labels.max(), -1 if test is None else test.labels.max())) + 1
+  return train, test, num_classes
+
+
+def _read_class_folders(root: str, classes: list[str] | None = None) -> tuple[Split, list[str]]:
+  """Every image under ``root/<class>/``, labelled by its class folder's
+  place in ``classes`` (default: the sorted folder names)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  classes = classes or found
+  unknown = sorted(set(found) - set(classes))
+  if unknown:
+    raise DataError(f"folder {root} has class folders {unknown} that the training split lacks")
+  images, labels, first = [], [], None
+  for label, name in enumerate(classes):
+    folder = os.path.join(root, name)
+    if not os.path.isdir(folder):
+      continue
+    for file in sorted(os.listdir(folder)):
+      if not file.lower().endswith(IMAGE_SUFFIXES):
+        continue
+      path = os.path.join(folder, file)
+      try:
+        with Image.open(path) as im:
+          mode = "L" if im.mode in ("1", "L", "I;16", "I", "F") else "RGB"
+          array = np.asarray(im.convert(mode))
+      except OSError as e:
+        raise DataError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
+      if first is None:
+        first = (path, array.shape)
+      elif array.shape[:2] != first[1][:2]:
+        raise DataError(f"images differ in size: {first[0]} is {first[1][1]}x{first[1][0]}, "
+                        f"{path} is {array.shape[1]}x{array.shape[0]} (resize them to one size)")
+      images.append(array)
+      labels.append(label)
+  if not images:
+    raise DataError(f"folder {root} has no images in class folders "
+                    f"({', '.join(IMAGE_SUFFIXES)})")
+  if any(a.ndim == 3 for a in images):  # any colour image: all as RGB
+    images = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in images]
+  return _check(np.stack(images), np.asarray(labels), f"folder:{root}"), classes
+
+
+def _same_channels(split: Split, channels: int = 1) -> Split:
+  """Grey images as RGB when the other split is in colour."""
+  if split.images.shape[-1] == 1 and channels == 3:
+    return Split(np.repeat(split.images, 3, axis=-1), split.labels)
+  return split
+
+
+def load_folder(root: str) -> tuple[Split, Split | None, int]:
+  """Class folders of images under ``root`` (or ``root/train`` and
+  ``root/test``, ImageFolder's split layout)."""
+  if not os.path.isdir(root):
+    raise DataError(f"folder:{root} is not a directory")
+  if os.path.isdir(os.path.join(root, "train")):
+    train, classes = _read_class_folders(os.path.join(root, "train"))
+    test = None
+    if os.path.isdir(os.path.join(root, "test")):
+      test, _ = _read_class_folders(os.path.join(root, "test"), classes)
+      test = _same_channels(test, train.images.shape[-1])
+      train = _same_channels(train, test.images.shape[-1])
+      if test.images.shape[1:] != train.images.shape[1:]:
+        raise DataError(f"folder:{root}: test images are {test.images.shape[1:]}, "
+                        f"training images {train.images.shape[1:]}")
+  else:
+    train, classes = _read_class_folders(root)
+    test = None
+  return train, test, len(classes)
+
+
+def load_user(name: str) -> tuple[Split, Split | None, int]:
+  """The data set ``folder:<path>`` or ``npz:<path>``."""
+  kind, _, path = name.partition(":")
+  return (load_folder if kind == "folder" else load_npz)(os.path.expanduser(path))
 
 
 def load_digits() -> tuple[Split, int]:
@@ -115,21 +262,29 @@ def load_search_data(name: str, seed: int = 0, *, test_fraction: float = 0.2,
   is held out first.
 
   Args:
-    name: ``digits`` or a TFDS name in ``TFDS_NAMES``.
+    name: ``digits``, a TFDS name in ``TFDS_NAMES``, ``folder:<dir>`` or
+      ``npz:<file>`` (see the module docstring).
     seed: seed of the permutation that makes the splits.
     limit: if positive, use only this many training images (smoke runs).
   """
   rng = np.random.default_rng(seed)
-  if name == "digits" or name in SYNTHETIC:
+  error = dataset_error(name)
+  if error:
+    raise ValueError(error)
+  test = None
+  if name.partition(":")[0] in USER_KINDS and ":" in name:
+    full, test, num_classes = load_user(name)
+    if test is not None:
+      train_all = _take(full, rng.permutation(len(full)))
+  elif name == "digits" or name in SYNTHETIC:
     full, num_classes = load_digits() if name == "digits" else load_synthetic(name, seed)
+  if name in TFDS_NAMES:
+    train_all, test, num_classes = load_tfds(name, data_dir)
+    train_all = _take(train_all, rng.permutation(len(train_all)))
+  elif test is None:  # hold out a test split
     perm = rng.permutation(len(full))
     n_test = int(round(test_fraction * len(full)))
     test, train_all = _take(full, perm[:n_test]), _take(full, perm[n_test:])
-  elif name in TFDS_NAMES:
-    train_all, test, num_classes = load_tfds(name, data_dir)
-    train_all = _take(train_all, rng.permutation(len(train_all)))
-  else:
-    raise ValueError(f"unknown data set {name!r}; expected one of {list(DATASETS)}")
   if limit > 0:
     train_all = _take(train_all, np.arange(min(limit, len(train_all))))
   n_train = int(round(train_fraction * len(train_all)))

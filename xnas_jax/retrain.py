@@ -38,7 +38,7 @@ from xnas_jax import input_pipeline
 from xnas_jax import optim
 from xnas_jax import parallel
 from xnas_jax.genotype import Genotype
-from xnas_jax.search_space import ALL_OPS
+from xnas_jax.search_space import ALL_OPS, image_size_error
 
 PyTree = Any
 
@@ -71,7 +71,8 @@ RESUMABLE_KEYS = frozenset({"data_dir", "num_devices", "tensorboard", "figures"}
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` naming the first bad value."""
-  config_checks.check_choice(config, "dataset", input_pipeline.DATASETS, ConfigError)
+  if input_pipeline.dataset_error(config.dataset):
+    raise ConfigError(input_pipeline.dataset_error(config.dataset))
   config_checks.check(config, _RULES, ConfigError)
   device_error = parallel.device_config_error(config.num_devices, config.batch_size)
   if device_error:
@@ -99,6 +100,9 @@ def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
   evalnet.validate_genotype(genotype, ALL_OPS)
   data = input_pipeline.load_search_data(config.dataset, config.data_seed,
                                          data_dir=config.data_dir or None, limit=config.limit)
+  size_error = image_size_error(data.image_shape, config.num_cells)
+  if size_error:
+    raise ConfigError(f"{config.dataset}: {size_error}")
   train = input_pipeline.Split(np.concatenate([data.train.images, data.val.images]),
                                np.concatenate([data.train.labels, data.val.labels]))
   if config.batch_size > len(train):

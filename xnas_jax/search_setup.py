@@ -25,6 +25,7 @@ from xnas_jax import optim
 from xnas_jax import parallel
 from xnas_jax import rebuild as rebuild_lib
 from xnas_jax.search_space import CELL_TYPES, OP_SETS, TOPOLOGIES, get_search_space
+from xnas_jax.search_space import image_size_error
 from xnas_jax.supernet import Supernet
 
 PyTree = Any
@@ -52,7 +53,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` naming the first bad value of the sections a
   search is built from."""
   choose = lambda key, choices: config_checks.check_choice(config, key, choices, ConfigError)
-  choose("dataset", input_pipeline.DATASETS)
+  if input_pipeline.dataset_error(config.dataset):
+    raise ConfigError(input_pipeline.dataset_error(config.dataset))
   choose("op_set", sorted(OP_SETS))
   choose("topology", TOPOLOGIES)
   choose("compute_dtype", COMPUTE_DTYPES)
@@ -116,6 +118,9 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
   space = get_search_space(config.op_set, config.topology)
   data = input_pipeline.load_search_data(config.dataset, config.seed, data_dir=config.data_dir or None,
                                          limit=config.get("limit", 0))
+  size_error = image_size_error(data.image_shape, config.num_cells)
+  if size_error:
+    raise ConfigError(f"{config.dataset}: {size_error}")
   b = config.batch_size
   if b > len(data.train) or b > len(data.val):
     raise ConfigError(f"batch_size {b} is larger than the data "

@@ -155,6 +155,20 @@ def reduction_layers(num_cells: int) -> tuple[int, ...]:
   return (num_cells // 3, 2 * num_cells // 3)
 
 
+def image_size_error(image_shape: tuple[int, ...], num_cells: int) -> str | None:
+  """Why images of ``image_shape`` (H, W, C) are too small for a network of
+  ``num_cells`` cells (None: they are not).  Every reduction cell halves the
+  height and width (rounding up); each must still have 2 pixels before the
+  last reduction, so a side needs at least ``2 ** reductions`` pixels."""
+  r = len(reduction_layers(num_cells))
+  h, w = image_shape[:2]
+  if min(h, w) < 2 ** r:
+    return (f"images of {h}x{w} pixels are too small for the {r} reduction cells of "
+            f"{num_cells} cells (each halves the size): at least {2 ** r}x{2 ** r} "
+            f"(or fewer num_cells)")
+  return None
+
+
 def cell_counts(num_cells: int) -> dict[str, int]:
   """Number of replicas of each cell type (``r_c`` in XNAS sec. 3.1)."""
   r = len(reduction_layers(num_cells))
