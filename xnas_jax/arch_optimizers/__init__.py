@@ -8,6 +8,10 @@ Each optimizer is one module of this package with
 * ``HYPERGRADIENTS``: the ``config.arch_gradient`` estimators it accepts;
 * ``build(config, shape) -> ArchOptimizer``.
 
+An optimizer defined outside the package (a notebook, a user's own module)
+joins the registry with ``register(name, build, ...)`` and is then chosen
+by ``config.arch_optimizer.name`` like the built-in ones.
+
 The search loop composes what ``ArchOptimizer`` holds and never tests an
 optimizer's name, as big_vision picks its models with
 ``importlib.import_module(f"big_vision.models.{config.model_name}")``.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import types
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -86,13 +91,37 @@ class ArchOptimizer(NamedTuple):
   zeta: float = 1.0
 
 
+# Optimizers registered at run time: name -> a namespace with a module's attributes.
+_REGISTERED: dict[str, types.SimpleNamespace] = {}
+
+
+def register(name: str, build: Callable[[ml_collections.ConfigDict, SearchShape], ArchOptimizer],
+             rules: tuple = (), hypergradients: tuple[str, ...] = ("first_order",),
+             choices: tuple = ()) -> None:
+  """Adds optimizer ``name`` to the registry: ``build(config, shape)`` makes
+  it; ``rules``, ``hypergradients`` and ``choices`` are a module's
+  ``RULES``, ``HYPERGRADIENTS`` and ``CHOICES``.  Registering a name again
+  replaces it; a built-in name cannot be taken."""
+  if name in _builtin_names():
+    raise ValueError(f"arch_optimizer {name!r} is built in; register another name")
+  _REGISTERED[name] = types.SimpleNamespace(build=build, RULES=tuple(rules),
+                                            HYPERGRADIENTS=tuple(hypergradients),
+                                            CHOICES=tuple(choices))
+
+
+def _builtin_names() -> tuple[str, ...]:
+  return tuple(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
 def names() -> tuple[str, ...]:
-  """The registered optimizers: the modules of this package."""
-  return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+  """The registered optimizers: the modules of this package, then ``register``'s."""
+  return tuple(sorted(_builtin_names())) + tuple(sorted(_REGISTERED))
 
 
 def get(name: str):
-  """The module of optimizer ``name``."""
+  """The module (or registered namespace) of optimizer ``name``."""
+  if name in _REGISTERED:
+    return _REGISTERED[name]
   if name not in names():
     raise ValueError(f"arch_optimizer.name {name!r} is not one of {', '.join(names())}")
   return importlib.import_module(f"{__name__}.{name}")
