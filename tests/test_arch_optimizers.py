@@ -53,3 +53,23 @@ def test_every_optimizer_takes_a_search_step(name, tmp_path):
   mngr.close()
   for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_an_optimizer_registered_at_run_time_is_chosen_and_checked_by_name(monkeypatch):
+  monkeypatch.setattr(arch_optimizers, "_REGISTERED", {})
+  darts = arch_optimizers.get("darts_adam")
+  arch_optimizers.register("my_adam", darts.build, rules=(("b1", "unit_open"),),
+                           hypergradients=("first_order",))
+  assert arch_optimizers.names()[-1] == "my_adam"
+  config = tiny_config()
+  config.arch_optimizer.name = "my_adam"
+  search = search_setup.build_search(config)
+  assert search.arch_opt.step_order == arch_optimizers.ARCH_FIRST
+  config.arch_optimizer.b1 = 1.5  # its own rules are checked
+  with pytest.raises(search_setup.ConfigError, match="arch_optimizer.b1"):
+    search_setup.validate_config(config)
+  config.arch_optimizer.b1, config.arch_gradient = 0.5, "amended"
+  with pytest.raises(search_setup.ConfigError, match="not available with arch_optimizer 'my_adam'"):
+    search_setup.validate_config(config)
+  with pytest.raises(ValueError, match="'xnas' is built in"):
+    arch_optimizers.register("xnas", darts.build)
