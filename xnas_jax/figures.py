@@ -68,7 +68,7 @@ def draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title
   sources = {k + NUM_INPUTS: [src for _, src in edges[2 * k:2 * k + 2]] for k in range(num_nodes)}
   widest = max(sum(l == lv for l in level.values()) for lv in range(1, out_level))
   spread = _DY * max(widest - 1, 1.6) / 2
-  pos = {0: (0.0, spread), 1: (0.0, -spread)}
+  pos = {0: (-0.25 * _DX, spread), 1: (-0.25 * _DX, -spread)}
   for lv in range(1, out_level):
     # Barycentre order: a node sits near its sources, which keeps arrows from crossing.
     states = sorted((s for s, l in level.items() if l == lv),
@@ -103,7 +103,7 @@ def draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title
     x, y = pos[dst]
     for j, (op, src) in enumerate(edges[2 * k:2 * k + 2]):
       color = OP_COLORS.get(op, _OTHER)
-      at = (x - 0.42 * _DX, y + (0.3 if j == 0 else -0.3) * _DY)
+      at = (x - 0.5 * _DX, y + (0.3 if j == 0 else -0.3) * _DY)
       # An edge that skips levels bows away from the nodes it passes (arc3's
       # rad < 0 bends a rightward line up).
       skipped = level[dst] - level[src] - 1
