@@ -6,6 +6,7 @@ op set, 8 cells, C = 16, batch 96) on synthetic 32x32 data, for
 * XNAS, first order, every expert live;
 * XNAS with half of each edge's experts wiped (the wipeout mask set by hand);
 * DARTS first order (Adam on the logits);
+* GDAS (one sampled expert per edge per step, the others skipped), XNAS op set;
 * XNAS with the amended hypergradient (Bi et al.);
 * XNAS in bfloat16 compute mode;
 * K seeds vmapped into one program (``num_seeds = K``; images/s counts all K);
@@ -37,7 +38,8 @@ import subprocess
 import sys
 import time
 
-ROWS = ("xnas", "xnas_half_wiped", "darts", "xnas_amended", "xnas_bfloat16", "xnas_seeds")
+ROWS = ("xnas", "xnas_half_wiped", "darts", "gdas", "xnas_amended", "xnas_bfloat16",
+        "xnas_seeds")
 TORCH_ROWS = {"darts": "torch_darts", "xnas": "torch_xnas"}  # JAX row -> its PyTorch twin
 CIFAR_SEARCH_IMAGES = 25_000
 
@@ -52,6 +54,8 @@ def config_for(row: str, args):
     c.channels = args.channels
   if row in ("darts", "torch_darts"):
     c.arch_optimizer.name, c.op_set = "darts_adam", "darts"  # DARTS's 8 ops, concat output
+  elif row == "gdas":
+    c.arch_optimizer.name = "gdas"
   elif row == "xnas_amended":
     c.arch_gradient = "amended"
   elif row == "xnas_bfloat16":

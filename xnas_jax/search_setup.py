@@ -78,9 +78,10 @@ class Search:
   steps_per_epoch: int
 
   def mixture(self, arch: PyTree, masks: dict[str, jax.Array],
-              key: jax.Array | None = None) -> dict[str, jax.Array]:
+              key: jax.Array | None = None, step: jax.Array | None = None
+              ) -> dict[str, jax.Array]:
     """The mixture weights ``u`` of architecture parameters ``arch``."""
-    return self.arch_opt.mixture(arch, masks, key)
+    return self.arch_opt.mixture(arch, masks, key, step)
 
   def weight_learning_rate(self, step: int) -> float:
     """The weight optimizer's learning rate at ``step``."""

@@ -77,10 +77,15 @@ def prepare(search: Search, images, labels, mean, std, idx, key, augment: bool):
   return input_pipeline.standardize(x, mean, std), y
 
 
-def full_weights(search: Search, arch, masks, key, batch: int):
+def full_weights(search: Search, arch, masks, key, batch: int, step=None):
   """The step's mixture weights (a sample with ``key`` where the optimizer
   draws one), one copy per replica and example."""
-  return per_copy_weights(search.net, search.mixture(arch, masks, key), batch)
+  return per_copy_weights(search.net, search.mixture(arch, masks, key, step), batch)
+
+
+def run_masks(search: Search, arch, masks, key, step):
+  """The experts the step's forward passes run (``ArchOptimizer.run_masks``)."""
+  return search.arch_opt.run_masks(arch, masks, key, step)
 
 
 def weight_update(search: Search, params, opt_state, g_params, batch: int):
@@ -132,7 +137,7 @@ def arch_update(search: Search, arch, arch_opt_state, g_u, masks, key, corr=None
   if corr is None:
     corr = {t: jnp.zeros(g_u[t].shape[2:], g_u[t].dtype) for t in CELL_TYPES}
   opt = search.arch_opt
-  grads = opt.gradient(arch, masks, g_u, corr, key)
+  grads = opt.gradient(arch, masks, g_u, corr, key, step)
   updates, new_opt_state = opt.tx.update(grads, arch_opt_state, arch, correction=corr)
   new_arch = optax.apply_updates(arch, updates)
   warmup = opt.warmup_epochs * search.steps_per_epoch
@@ -162,6 +167,7 @@ class StepFunctions(NamedTuple):
   prepare: Callable
   grads: Callable
   full_weights: Callable
+  run_masks: Callable | None  # None: the forward passes run the live experts
   weight_update: Callable
   arch_update: Callable
   evaluate: Callable
@@ -177,6 +183,7 @@ def step_functions(search: Search) -> StepFunctions:
       prepare=jax.jit(bind(prepare), static_argnums=6),
       grads=jax.jit(loss_and_grads_fn(search.net, search.config.compute_dtype)),
       full_weights=jax.jit(bind(full_weights), static_argnums=3),
+      run_masks=(jax.jit(bind(run_masks)) if search.arch_opt.run_masks is not None else None),
       weight_update=jax.jit(bind(weight_update), donate_argnums=(0, 1), static_argnums=3),
       arch_update=jax.jit(bind(arch_update), donate_argnums=(0, 1)),
       evaluate=jax.jit(bind(evaluate)),
@@ -202,13 +209,14 @@ def weights_first_step(search: Search, fns: StepFunctions, state: PyTree, train_
   k_tr, k_val, k_noise1, k_noise2, k_arch, _ = _keys(state)
   b = search.config.batch_size
   masks = live_masks(search, state)
-  u_full = fns.full_weights(state["arch"], masks, k_arch, b)
+  u_full = fns.full_weights(state["arch"], masks, k_arch, b, state["step"])
+  run = _run_masks(fns, state["arch"], masks, k_arch, state["step"])
   x, y = fns.prepare(*train_data, train_idx, k_tr, True)
   loss, correct, g_params, _, new_stats = fns.grads(
-      state["params"], state["batch_stats"], u_full, masks, x, y, k_noise1)
+      state["params"], state["batch_stats"], u_full, run, x, y, k_noise1)
   params, opt_state = fns.weight_update(state["params"], state["opt_state"], g_params, b)
   xv, yv = fns.prepare(*val_data, val_idx, k_val, True)
-  vloss, vcorrect, gv_params, g_u, _ = fns.grads(params, new_stats, u_full, masks, xv, yv,
+  vloss, vcorrect, gv_params, g_u, _ = fns.grads(params, new_stats, u_full, run, xv, yv,
                                                  k_noise2)
   corr = None
   if fns.correction is not None:  # second-order, amended or implicit hypergradient
@@ -232,9 +240,10 @@ def arch_first_step(search: Search, fns: StepFunctions, state: PyTree, train_dat
   masks = live_masks(search, state)
   x, y = fns.prepare(*train_data, train_idx, k_tr, True)
   xv, yv = fns.prepare(*val_data, val_idx, k_val, True)
-  u_val = fns.full_weights(state["arch"], masks, k_arch, b)
+  u_val = fns.full_weights(state["arch"], masks, k_arch, b, state["step"])
   vloss, vcorrect, gv_params, g_u, stats = fns.grads(
-      state["params"], state["batch_stats"], u_val, masks, xv, yv, k_noise2)
+      state["params"], state["batch_stats"], u_val,
+      _run_masks(fns, state["arch"], masks, k_arch, state["step"]), xv, yv, k_noise2)
   corr = None
   if fns.correction is not None:
     corr = fns.correction(state["params"], state["batch_stats"], state["arch"], masks, (x, y),
@@ -242,13 +251,18 @@ def arch_first_step(search: Search, fns: StepFunctions, state: PyTree, train_dat
   arch, arch_opt_state = fns.arch_update(state["arch"], state["arch_opt_state"], g_u, masks,
                                          k_arch, corr, state["step"])
   masks = live_masks(search, {"arch_opt_state": arch_opt_state})
-  u_train = fns.full_weights(arch, masks, k_arch2, b)
+  u_train = fns.full_weights(arch, masks, k_arch2, b, state["step"])
   loss, correct, g_params, _, new_stats = fns.grads(
-      state["params"], stats, u_train, masks, x, y, k_noise1)
+      state["params"], stats, u_train, _run_masks(fns, arch, masks, k_arch2, state["step"]),
+      x, y, k_noise1)
   params, opt_state = fns.weight_update(state["params"], state["opt_state"], g_params, b)
   new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=new_stats,
                    opt_state=opt_state, arch=arch, arch_opt_state=arch_opt_state)
   return new_state, jnp.stack([loss, correct, vloss, vcorrect]).astype(jnp.float32)
+
+
+def _run_masks(fns: StepFunctions, arch, masks, key, step):
+  return masks if fns.run_masks is None else fns.run_masks(arch, masks, key, step)
 
 
 STEP_ORDERS = {WEIGHTS_FIRST: weights_first_step, ARCH_FIRST: arch_first_step}

@@ -65,10 +65,15 @@ class ArchOptimizer(NamedTuple):
       term (mean-loss scale, w.r.t. ``gradient_wrt``).
     gradient_wrt: the coordinates of ``correction``: ``optim.GRADIENT_WRT_MIXTURE``
       (``u``) or ``optim.GRADIENT_WRT_LOGITS`` (the parameters).
-    mixture: ``(arch, masks, key=None) -> u``, the mixture weights (a sample
-      when the optimizer draws one and ``key`` is given).
-    gradient: ``(arch, masks, g_u, correction, key) -> grads`` for ``tx`` from
-      the gradient program's per-copy ``dloss/du`` ``[R, B, E, N]`` (summed loss).
+    mixture: ``(arch, masks, key=None, step=None) -> u``, the mixture weights
+      (a sample when the optimizer draws one and ``key`` is given; ``step``
+      for a sampler with a schedule, GDAS's temperature).
+    gradient: ``(arch, masks, g_u, correction, key, step=None) -> grads`` for
+      ``tx`` from the gradient program's per-copy ``dloss/du`` ``[R, B, E, N]``
+      (summed loss).
+    run_masks: ``(arch, masks, key, step) -> masks`` of the experts a step's
+      forward passes run (None: the live ones): GDAS's one sampled expert per
+      edge, so that the others cost nothing under the supernet's ``lax.cond``.
     init_scale: the architecture parameters start at ``init_scale * N(0, 1)``
       (0: uniform mixture).
     step_order: ``WEIGHTS_FIRST`` or ``ARCH_FIRST``.
@@ -84,6 +89,7 @@ class ArchOptimizer(NamedTuple):
   init_scale: float = 0.0
   step_order: str = WEIGHTS_FIRST
   warmup_epochs: int = 0
+  run_masks: Callable[..., dict[str, jax.Array]] | None = None
   learning_rates: dict[str, float] = {}
   rewards_per_step: dict[str, int] = {}
   horizons: dict[str, int] = {}
@@ -157,8 +163,8 @@ def logit_gradient(mixture: Callable[..., dict[str, jax.Array]],
   """``gradient`` of an optimizer of the parameters behind ``mixture``: the
   batch's mean-loss gradient pulled back through ``mixture`` (drawn with the
   step's ``key``), plus the correction, plus the regularizer's gradient."""
-  def gradient(arch, masks, g_u, correction, key):
-    _, vjp = jax.vjp(lambda a: mixture(a, masks, key), arch)
+  def gradient(arch, masks, g_u, correction, key, step=None):
+    _, vjp = jax.vjp(lambda a: mixture(a, masks, key, step), arch)
     g = vjp(optim.shared_gradient(g_u))[0]
     g_reg = (jax.grad(regularizer)(arch) if regularizer is not None
              else jax.tree.map(jnp.zeros_like, arch))
@@ -166,9 +172,9 @@ def logit_gradient(mixture: Callable[..., dict[str, jax.Array]],
   return gradient
 
 
-def softmax_mixture(arch, masks, key=None):
+def softmax_mixture(arch, masks, key=None, step=None):
   """``u = softmax(a)`` over the live experts (DARTS; XNAS eq. 1 with ``a = ln v``)."""
-  del key
+  del key, step
   return arch_lib.mixture_weights(arch, masks)
 
 

@@ -29,8 +29,9 @@ CHOICES = (("reg_type", REG_TYPES),)
 HYPERGRADIENTS = ("first_order",)
 
 
-def mixture(arch, masks, key=None):
+def mixture(arch, masks, key=None, step=None):
   """A ``Dir(beta)`` sample with ``key``, the Dirichlet mean without."""
+  del step
   return drnas.mean_weights(arch, masks) if key is None else drnas.sample_weights(key, arch, masks)
 
 

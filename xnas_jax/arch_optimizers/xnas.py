@@ -59,9 +59,9 @@ def theory(config: ml_collections.ConfigDict, shape: SearchShape) -> Theory:
   return out
 
 
-def identity_gradient(arch, masks, g_u, correction, key):
+def identity_gradient(arch, masks, g_u, correction, key, step=None):
   """XNAS consumes the per-copy ``dloss/du`` itself (its rewards)."""
-  del arch, masks, correction, key
+  del arch, masks, correction, key, step
   return g_u
 
 
