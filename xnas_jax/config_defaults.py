@@ -79,6 +79,13 @@ def base_config() -> ml_collections.ConfigDict:
   # report.png of the search's course); xnas_jax.events, xnas_jax.figures.
   config.tensorboard = True
   config.figures = True
+  # A resource budget (xnas_jax.budget): metric "none" | "flops" (millions
+  # of multiply-adds per image) | "params" (millions), of the evaluation
+  # network of budget.channels and budget.num_cells at the data's image size;
+  # the penalty weight * (E_u[cost] / target - 1)_+ joins the architecture
+  # objective.
+  config.budget = ml_collections.ConfigDict({
+      "metric": "none", "target": 0.0, "weight": 1.0, "channels": 36, "num_cells": 20})
   config.pt = ml_collections.ConfigDict({
       "schedule": "released", "tune_epochs": 5, "train_arch": True,
       "learning_rate": ml_collections.FieldReference(None, field_type=float)})

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from xnas_jax import arch as arch_lib
+from xnas_jax import budget
 from xnas_jax import optim
 from xnas_jax import selection
 from xnas_jax.search_setup import Search, live_masks
@@ -47,6 +48,8 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
     out[f"entropy_{t}"] = float(arch_lib.normalized_entropy(u[t]))
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
     out[f"built_ops_{t}"] = len(search.net.built_ops(t))
+  if search.costs is not None:  # the budget's expected cost (millions)
+    out[f"expected_{search.costs.metric}_m"] = float(budget.expected_cost(search.costs, u))
   out.update(wipeout_gaps(search, state))
   notes: list[str] = []
   out["genotype"] = selection.magnitude(search, state, notes).to_dict()  # what a stop here gives

@@ -17,6 +17,7 @@ import optax
 
 from xnas_jax import arch as arch_lib
 from xnas_jax import arch_optimizers
+from xnas_jax import budget
 from xnas_jax import config_checks
 from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
@@ -62,6 +63,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_checks.check(config, RULES, ConfigError)
   hypergrad.validate(config, ConfigError)
   arch_optimizers.validate(config, ConfigError)
+  budget.validate(config, ConfigError)
   device_error = parallel.device_config_error(config.num_devices, config.batch_size)
   if device_error:
     raise ConfigError(device_error)
@@ -76,6 +78,7 @@ class Search:
   weight_tx: optax.GradientTransformation
   arch_opt: arch_optimizers.ArchOptimizer
   steps_per_epoch: int
+  costs: budget.EdgeCosts | None = None  # the budget's cost model (None: no budget)
 
   def mixture(self, arch: PyTree, masks: dict[str, jax.Array],
               key: jax.Array | None = None, step: jax.Array | None = None
@@ -133,7 +136,8 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
                                       config.epochs)
   weight_tx = weight_optimizer(config.weight_optimizer,
                                weight_schedule(config.weight_optimizer, steps * config.epochs))
-  return Search(config, net, data, weight_tx, arch_optimizers.build(config, shape), steps)
+  costs = budget.build(config, space, data.image_shape, data.num_classes)
+  return Search(config, net, data, weight_tx, arch_optimizers.build(config, shape), steps, costs)
 
 
 def init_state(search: Search, key: jax.Array) -> PyTree:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from xnas_jax import budget
 from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import optim
@@ -129,6 +130,15 @@ def correction(search: Search, params, batch_stats, arch, masks, train_batch, va
                                                   first_order, **opts)
 
 
+def budget_correction(search: Search, arch, masks):
+  """The budget penalty's gradient (``budget.penalty``) in the optimizer's
+  coordinates: w.r.t. ``u`` for XNAS, pulled back through the mixture for
+  the logit optimizers (at the deterministic mixture, not a sample)."""
+  if search.arch_opt.gradient_wrt == optim.GRADIENT_WRT_MIXTURE:
+    return budget.penalty_gradient(search.costs, search.mixture(arch, masks))
+  return jax.grad(lambda a: budget.penalty(search.costs, search.mixture(a, masks)))(arch)
+
+
 def arch_update(search: Search, arch, arch_opt_state, g_u, masks, key, corr=None, step=None):
   """The architecture step from the per-copy ``dloss/du`` ``g_u`` and a
   hypergradient correction ``corr`` (mean-loss scale; zero if None).  ``key``
@@ -136,6 +146,8 @@ def arch_update(search: Search, arch, arch_opt_state, g_u, masks, key, corr=None
   ``step`` within the optimizer's warm-up epochs nothing changes."""
   if corr is None:
     corr = {t: jnp.zeros(g_u[t].shape[2:], g_u[t].dtype) for t in CELL_TYPES}
+  if search.costs is not None:
+    corr = jax.tree.map(jnp.add, corr, budget_correction(search, arch, masks))
   opt = search.arch_opt
   grads = opt.gradient(arch, masks, g_u, corr, key, step)
   updates, new_opt_state = opt.tx.update(grads, arch_opt_state, arch, correction=corr)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from xnas_jax import budget
 from xnas_jax import checkpointing
 from xnas_jax import cli
 from xnas_jax import compile_counter
@@ -226,6 +227,11 @@ def _select(run: _Seeds, state: PyTree, fns: search_steps.StepFunctions, workdir
       figures.draw_genotype(chosen.genotype, [os.path.join(workdir, f"genotype{suffix}{ext}")
                                               for ext in (".png", ".svg")], f"seed {seed}:")
       figures.report_from_workdir(workdir, s.net.space, seed, suffix, chosen.genotype)
+    if s.costs is not None:  # the found cells' evaluation network against the budget
+      b, d = s.config.budget, s.data
+      summaries[k].update({f"genotype_{m}_m": round(budget.genotype_cost(
+          chosen.genotype, m, d.image_shape, d.num_classes, b.channels, b.num_cells), 4)
+                           for m in ("flops", "params")}, budget_target_m=b.target)
     summaries[k] = dict(summaries[k], supernet_test_acc=supernet_test_accuracy(s, fns, one),
                         genotype=chosen.genotype.to_dict(),
                         arch_learning_rates=s.arch_opt.learning_rates,
