@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from xnas_jax import arch_optimizers
+from xnas_jax import budget
 from xnas_jax import hypergrad
 from xnas_jax import search_setup
 from xnas_jax import selection
@@ -42,7 +43,8 @@ def _set(config, key, value):
 
 def _search_rules():
   """Every section's rules; an architecture optimizer's keys as ``key@name``."""
-  rules = list(search_setup.RULES) + list(hypergrad.RULES) + list(selection.RULES)
+  rules = (list(search_setup.RULES) + list(hypergrad.RULES) + list(selection.RULES)
+           + list(budget.RULES))
   for name in arch_optimizers.names():
     own = arch_optimizers.COMMON_RULES + tuple(arch_optimizers.get(name).RULES)
     rules += [(f"arch_optimizer.{k}@{name}", kind) for k, kind in own]
@@ -76,7 +78,7 @@ def test_the_rules_cover_every_key_of_the_defaults():
   """A key added to a config later needs a rule (or a choice check)."""
   choices = {"dataset", "data_dir", "op_set", "topology", "compute_dtype", "depthwise_impl",
              "arch_gradient", "selection", "hypergrad.solver", "arch_optimizer.name",
-             "arch_optimizer.reg_type", "pt.schedule"}
+             "arch_optimizer.reg_type", "pt.schedule", "budget.metric"}
   ruled = {k.partition("@")[0] for k, _ in _search_rules()} | choices
   flat = config_checks_keys(config_defaults.base_config())
   assert flat - ruled == set()
