@@ -115,3 +115,13 @@ def test_a_search_under_a_tight_flops_budget_finds_a_cheaper_cell(tmp_path):
   assert tight["genotype_flops_m"] < free_flops
   lines = [l for l in open(tmp_path / "tight" / "metrics.jsonl")]
   assert "expected_flops_m" in lines[-1]
+
+
+def test_a_budget_needs_a_positive_target_and_a_known_metric():
+  c = tiny_config()
+  c.budget.metric = "flops"
+  with pytest.raises(train.ConfigError, match="budget.target must be > 0 with budget.metric"):
+    train.validate_config(c)
+  c.budget.metric = "latency"
+  with pytest.raises(train.ConfigError, match="unknown budget.metric 'latency'"):
+    train.validate_config(c)
