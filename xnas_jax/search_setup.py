@@ -116,6 +116,17 @@ def weight_optimizer(cfg: ml_collections.ConfigDict,
   return optim.darts_sgd(learning_rate, cfg.momentum, cfg.weight_decay, cfg.grad_clip)
 
 
+def remat_edges(config: ml_collections.ConfigDict) -> bool:
+  """Whether the supernet's edge scans recompute their forward in the
+  backward pass (``SearchCell.remat``): yes for first-order searches, where it
+  halves the step on a CPU; no for the second-order hypergradients, whose
+  programs differentiate the supernet twice and, with the recomputation
+  inside, crashed XLA:CPU while its compilation cache serialized them
+  (a segmentation fault in ``put_executable_and_time``, the amended search of
+  the test suite on a cold cache)."""
+  return config.arch_gradient not in hypergrad.CORRECTIONS
+
+
 def build_search(config: ml_collections.ConfigDict) -> Search:
   """Validates the config, loads the data and builds network and optimizers."""
   validate_config(config)
@@ -130,7 +141,7 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
     raise ConfigError(f"batch_size {b} is larger than the data "
                       f"({len(data.train)} train / {len(data.val)} val examples)")
   net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells,
-                 depthwise_impl=depthwise_impl(config))
+                 depthwise_impl=depthwise_impl(config), remat=remat_edges(config))
   steps = min(len(data.train), len(data.val)) // b
   shape = arch_optimizers.SearchShape(space, dict(net.replicas), net.default_masks(), b, steps,
                                       config.epochs)
