@@ -23,3 +23,18 @@ _CACHE = os.path.join(_ROOT, os.environ.get("PYTEST_XDIST_WORKER", "main"))
 os.environ["XNAS_JAX_CACHE"] = _CACHE  # CLI subprocesses and notebook kernels
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def no_persistent_cache():
+  """Compiles without writing JAX's persistent cache.  The twice-differentiated
+  programs of the second-order searches are compiled once per run, so the
+  cache gains nothing there, and writing them crashed a worker inside
+  ``compilation_cache.put_executable_and_time`` (SIGSEGV, then SIGABRT) in
+  two full cold runs, while the same tests alone passed."""
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", True)

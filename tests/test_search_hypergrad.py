@@ -12,6 +12,9 @@ from xnas_jax import arch as arch_lib
 from xnas_jax import hypergrad, train
 
 
+pytestmark = pytest.mark.usefixtures("no_persistent_cache")
+
+
 def _loop_correction_and_reference(config, state, reference):
   """The loop's jitted correction on one train and one val batch of ``state``,
   and ``reference(loss, weights, a, train_batch, val_batch) - first_order``

@@ -5,11 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from search_configs import tiny_config
 from xnas_jax import arch as arch_lib
 from xnas_jax import search_setup
 from xnas_jax import search_steps
+
+pytestmark = pytest.mark.usefixtures("no_persistent_cache")
 
 
 def test_a_darts_step_is_darts_algorithm_1_in_its_order():
