@@ -20,10 +20,17 @@ def test_mesh_and_batch_errors_name_the_bad_value():
 
 
 def test_eight_devices_give_the_same_search_as_one(tmp_path):
+  """One XNAS search step (limit 48: one step per epoch) on 8 devices and on 1.
+
+  One step, because the search is chaotic (shared/FINDINGS.md): a second XNAS
+  step already amplifies the float summation-order differences of the first
+  (3e-6 in the log-weights) to 1e-2 on one device count against the other,
+  and a third to 0.3, with the same data, masks and losses to 1e-7; which
+  of them crosses this test's tolerance depends on the CPU's kernels."""
   assert jax.device_count() == 8  # tests/conftest.py
   runs = {}
   for n in (1, 8):
-    config = tiny_config(num_devices=n, epochs=1)
+    config = tiny_config(num_devices=n, epochs=1, limit=48)
     runs[n] = train.train_and_evaluate(config, str(tmp_path / str(n)), progress=False)
   leaf = jax.tree.leaves(runs[8]["state"]["params"])[0]
   assert len(leaf.sharding.device_set) == 8
@@ -33,6 +40,7 @@ def test_eight_devices_give_the_same_search_as_one(tmp_path):
   for a, b in zip(jax.tree.leaves(runs[8]["state"]["params"]),
                   jax.tree.leaves(runs[1]["state"]["params"])):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  assert int(runs[1]["state"]["step"]) == 1
   assert runs[8]["genotype"] == runs[1]["genotype"]
 
 
