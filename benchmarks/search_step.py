@@ -7,6 +7,9 @@ op set, 8 cells, C = 16, batch 96) on synthetic 32x32 data, for
 * XNAS with half of each edge's experts wiped (the wipeout mask set by hand);
 * DARTS first order (Adam on the logits);
 * GDAS (one sampled expert per edge per step, the others skipped), XNAS op set;
+* partial channels (PC-DARTS, K = 4, edge normalization): ``xnas_pc4`` (XNAS's
+  experts and rewards) and ``darts_pc4`` (PC-DARTS itself: DARTS's op set and
+  Adam), against the ``xnas`` and ``darts`` rows at K = 1;
 * XNAS with the amended hypergradient (Bi et al.);
 * XNAS in bfloat16 compute mode;
 * K seeds vmapped into one program (``num_seeds = K``; images/s counts all K);
@@ -38,8 +41,8 @@ import subprocess
 import sys
 import time
 
-ROWS = ("xnas", "xnas_half_wiped", "darts", "gdas", "xnas_amended", "xnas_bfloat16",
-        "xnas_seeds")
+ROWS = ("xnas", "xnas_half_wiped", "darts", "gdas", "xnas_pc4", "darts_pc4", "xnas_amended",
+        "xnas_bfloat16", "xnas_seeds")
 TORCH_ROWS = {"darts": "torch_darts", "xnas": "torch_xnas"}  # JAX row -> its PyTorch twin
 CIFAR_SEARCH_IMAGES = 25_000
 
@@ -52,8 +55,10 @@ def config_for(row: str, args):
   c.augment.pad, c.augment.flip = 4, True
   if args.channels:
     c.channels = args.channels
-  if row in ("darts", "torch_darts"):
+  if row in ("darts", "torch_darts", "darts_pc4"):
     c.arch_optimizer.name, c.op_set = "darts_adam", "darts"  # DARTS's 8 ops, concat output
+  if row in ("xnas_pc4", "darts_pc4"):
+    c.partial_channels = 4  # PC-DARTS's K on CIFAR-10, with edge normalization
   elif row == "gdas":
     c.arch_optimizer.name = "gdas"
   elif row == "xnas_amended":

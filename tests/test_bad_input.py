@@ -25,6 +25,7 @@ BAD = {
     "positive_int": [0, -2, 1.5], "nonnegative_int": [-5, 0.5],
     "unit_open": [1.0, -0.1], "unit_closed": [0.0, 1.5], "bool": [1],
     "optional_positive": [0.0, -1.0], "optional_nonnegative_int": [-1, 2.5],
+    "optional_bool": [1, "yes"],
 }
 
 

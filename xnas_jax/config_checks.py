@@ -28,6 +28,7 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unit_open": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "unit_closed": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "optional_bool": (lambda v: v is None or isinstance(v, bool), "true, false or None"),
     "optional_positive": (lambda v: v is None or (_number(v) and v > 0),
                           "a positive number or None"),
     "optional_nonnegative_int": (lambda v: v is None or (_int(v) and v >= 0),

@@ -60,6 +60,15 @@ def base_config() -> ml_collections.ConfigDict:
   # auto | shifted | grouped | dense: how depthwise convolutions are computed
   # (xnas_jax.ops.depthwise_conv; "auto" is the measured choice per backend).
   config.depthwise_impl = "auto"
+  # PC-DARTS (xnas_jax.supernet, xnas_jax.edge_norm): partial_channels K > 1
+  # sends C/K channels of every edge through its mixed op; edge_norm weighs
+  # edges by a softmax of per-edge betas over each node's inputs (None: on
+  # when K > 1, as PC-DARTS searches; False for DrNAS's partial channels),
+  # trained by Adam with edge_norm_optimizer (PC-DARTS's architecture Adam).
+  config.partial_channels = 1
+  config.edge_norm = ml_collections.FieldReference(None, field_type=bool)
+  config.edge_norm_optimizer = ml_collections.ConfigDict({
+      "learning_rate": 6e-4, "b1": 0.5, "b2": 0.999, "weight_decay": 1e-3})
   config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False})
   config.weight_optimizer = ml_collections.ConfigDict({
       "learning_rate": 0.025, "min_learning_rate": 0.001, "momentum": 0.9,

@@ -74,7 +74,8 @@ def _strongest(weights: np.ndarray, ops: Sequence[str], alive: np.ndarray) -> in
 
 def discretize_cell(weights: np.ndarray, space: SearchSpace, alive: np.ndarray | None = None,
                     edges_per_node: int = 2, available: np.ndarray | None = None,
-                    notes: list[str] | None = None, cell_type: str = "") -> tuple[Edge, ...]:
+                    notes: list[str] | None = None, cell_type: str = "",
+                    edge_weights: np.ndarray | None = None) -> tuple[Edge, ...]:
   """Magnitude selection for one cell type.
 
   The strength of an edge is ``max_i u_i`` over its live experts other than
@@ -103,6 +104,10 @@ def discretize_cell(weights: np.ndarray, space: SearchSpace, alive: np.ndarray |
       (default: all); the fallback for a ``none``-only edge picks among them.
     notes: if given, receives one line per fallback or tie.
     cell_type: names the cell in the notes and errors.
+    edge_weights: ``[num_edges]`` PC-DARTS edge weights ``w`` (sec. 3.2): the
+      strength of edge ``k`` is then ``w_k max_i u_i`` (its release's
+      ``genotype()``: ``W[j, :] *= W2[j]``); the op chosen on an edge does
+      not depend on them.
 
   Returns:
     ``(op, src)`` pairs, ``edges_per_node`` per node, nodes in order.
@@ -111,6 +116,8 @@ def discretize_cell(weights: np.ndarray, space: SearchSpace, alive: np.ndarray |
   available = np.ones(weights.shape, bool) if available is None else np.asarray(available, bool)
   alive = available if alive is None else np.asarray(alive, bool) & available
   notes = [] if notes is None else notes
+  scale = (np.ones(weights.shape[0]) if edge_weights is None
+           else np.asarray(edge_weights, np.float64))
   where = f"{cell_type} cell " if cell_type else ""
   out: list[Edge] = []
   for j in range(NUM_NODES):
@@ -122,7 +129,7 @@ def discretize_cell(weights: np.ndarray, space: SearchSpace, alive: np.ndarray |
       if not live:
         i = _strongest(weights[k], space.ops, available[k])
       if i >= 0:
-        cands.append(((live, weights[k, i]), space.edges[k][0], i, k))
+        cands.append(((live, scale[k] * weights[k, i]), space.edges[k][0], i, k))
     if len(cands) < edges_per_node:
       raise ValueError(f"node {dst} of the {where}has {len(cands)} incoming edges with an "
                        f"operation other than 'none'; {edges_per_node} are needed")
@@ -147,13 +154,15 @@ def discretize_cell(weights: np.ndarray, space: SearchSpace, alive: np.ndarray |
 
 def discretize(weights: dict[str, np.ndarray], space: SearchSpace,
                alive: dict[str, np.ndarray] | None = None,
-               notes: list[str] | None = None) -> Genotype:
+               notes: list[str] | None = None,
+               edge_weights: dict[str, np.ndarray] | None = None) -> Genotype:
   """Magnitude selection of both cell types; see ``discretize_cell``."""
   cells = {}
   for t in CELL_TYPES:
     a = None if alive is None else np.asarray(alive[t], bool)
     cells[t] = discretize_cell(np.asarray(weights[t]), space, a,
-                               available=space.available_mask(t), notes=notes, cell_type=t)
+                               available=space.available_mask(t), notes=notes, cell_type=t,
+                               edge_weights=None if edge_weights is None else edge_weights[t])
   concat = tuple(range(NUM_INPUTS, NUM_INPUTS + NUM_NODES))
   return Genotype(cells["normal"], concat, cells["reduce"], concat)
 

@@ -48,6 +48,8 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
     out[f"entropy_{t}"] = float(arch_lib.normalized_entropy(u[t]))
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
     out[f"built_ops_{t}"] = len(search.net.built_ops(t))
+    if "edges" in u:  # PC-DARTS's edge weights
+      out[f"edge_weights_{t}"] = np.round(np.asarray(u["edges"][t], np.float64), 6).tolist()
   if search.costs is not None:  # the budget's expected cost (millions)
     out[f"expected_{search.costs.metric}_m"] = float(budget.expected_cost(search.costs, u))
   out.update(wipeout_gaps(search, state))

@@ -19,6 +19,7 @@ from xnas_jax import arch as arch_lib
 from xnas_jax import arch_optimizers
 from xnas_jax import budget
 from xnas_jax import config_checks
+from xnas_jax import edge_norm
 from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import ops as ops_lib
@@ -47,6 +48,9 @@ RULES = (
     ("weight_optimizer.min_learning_rate", "nonnegative"),
     ("weight_optimizer.momentum", "unit_open"), ("weight_optimizer.weight_decay", "nonnegative"),
     ("weight_optimizer.grad_clip", "positive"),
+    ("partial_channels", "positive_int"), ("edge_norm", "optional_bool"),
+    ("edge_norm_optimizer.learning_rate", "positive"), ("edge_norm_optimizer.b1", "unit_open"),
+    ("edge_norm_optimizer.b2", "unit_open"), ("edge_norm_optimizer.weight_decay", "nonnegative"),
 )
 
 
@@ -64,6 +68,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   hypergrad.validate(config, ConfigError)
   arch_optimizers.validate(config, ConfigError)
   budget.validate(config, ConfigError)
+  k = config.partial_channels
+  if config.channels % k:
+    raise ConfigError(f"partial_channels {k} does not divide channels {config.channels} "
+                      f"(each expert sees channels / partial_channels of them)")
+  if (k > 1 or edge_norm.enabled(config)) and config.selection == "perturbation":
+    raise ConfigError(f"selection 'perturbation' is not available with partial_channels {k} "
+                      f"or edge_norm: it removes an edge by masking its experts, which leaves "
+                      f"a partial-channel edge's bypassed channels and its edge weight in place")
   device_error = parallel.device_config_error(config.num_devices, config.batch_size)
   if device_error:
     raise ConfigError(device_error)
@@ -139,7 +151,8 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
     raise ConfigError(f"batch_size {b} is larger than the data "
                       f"({len(data.train)} train / {len(data.val)} val examples)")
   net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells,
-                 depthwise_impl=depthwise_impl(config), remat=remat_edges(config))
+                 depthwise_impl=depthwise_impl(config), remat=remat_edges(config),
+                 partial_channels=config.partial_channels)
   steps = min(len(data.train), len(data.val)) // b
   shape = arch_optimizers.SearchShape(space, dict(net.replicas), net.default_masks(), b, steps,
                                       config.epochs)
@@ -154,7 +167,7 @@ def init_state(search: Search, key: jax.Array) -> PyTree:
   k_net, k_arch, k_data = jax.random.split(key, 3)
   x = jnp.zeros((search.config.batch_size,) + search.data.image_shape, jnp.float32)
   variables = search.net.init(k_net, x)
-  arch = arch_lib.init_arch_params(search.net.space, k_arch, search.arch_opt.init_scale)
+  arch = arch_optimizers.init_params(search.arch_opt, search.net.space, k_arch)
   return {
       "step": jnp.zeros([], jnp.int32),
       "epoch": jnp.zeros([], jnp.int32),

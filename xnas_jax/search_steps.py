@@ -64,9 +64,13 @@ def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32") -> Callable
 
 
 def per_copy_weights(net: Supernet, u: dict[str, jax.Array], batch: int) -> dict[str, jax.Array]:
-  """``u[t]`` ``[E, N]`` broadcast to one copy per replica and example ``[R, B, E, N]``."""
-  return {t: jnp.broadcast_to(u[t], (max(net.replicas[t], 1), batch) + u[t].shape)
-          for t in CELL_TYPES}
+  """``u[t]`` ``[E, N]`` broadcast to one copy per replica and example ``[R, B, E, N]``
+  (and PC-DARTS's edge weights ``u["edges"][t]`` ``[E]``, where present, to ``[R, B, E]``)."""
+  copies = lambda a, t: jnp.broadcast_to(a, (max(net.replicas[t], 1), batch) + a.shape)
+  out = {t: copies(u[t], t) for t in CELL_TYPES}
+  if "edges" in u:
+    out["edges"] = {t: copies(u["edges"][t], t) for t in CELL_TYPES}
+  return out
 
 
 def prepare(search: Search, images, labels, mean, std, idx, key, augment: bool):
@@ -144,8 +148,8 @@ def arch_update(search: Search, arch, arch_opt_state, g_u, masks, key, corr=None
   hypergradient correction ``corr`` (mean-loss scale; zero if None).  ``key``
   is the one ``full_weights`` drew ``u`` with (DrNAS's sample).  At a
   ``step`` within the optimizer's warm-up epochs nothing changes."""
-  if corr is None:
-    corr = {t: jnp.zeros(g_u[t].shape[2:], g_u[t].dtype) for t in CELL_TYPES}
+  if corr is None:  # zeros shaped as the shared weights (and PC-DARTS's edge weights)
+    corr = jax.tree.map(lambda g: jnp.zeros(g.shape[2:], g.dtype), g_u)
   if search.costs is not None:
     corr = jax.tree.map(jnp.add, corr, budget_correction(search, arch, masks))
   opt = search.arch_opt

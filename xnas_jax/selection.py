@@ -3,7 +3,8 @@
 * ``magnitude``: per node, the two strongest incoming edges, each with its
   strongest operation other than ``none`` (DARTS sec. 2.4; XNAS sec. 2.1:
   "the strength of an edge is max_i u_i"), from XNAS eq. 1's weights over
-  every expert the space has (``selection_weights``).
+  every expert the space has (``selection_weights``), times PC-DARTS's edge
+  weight where the search normalizes edges (``selection_edge_weights``).
 * ``perturbation``: DARTS-PT (``xnas_jax.perturbation``), which keeps the
   magnitude genotype beside its own.
 
@@ -46,13 +47,20 @@ def selection_weights(search: Search, state: PyTree) -> dict[str, np.ndarray]:
   return {t: np.asarray(u[t]) for t in CELL_TYPES}
 
 
+def selection_edge_weights(search: Search, state: PyTree) -> dict[str, np.ndarray] | None:
+  """PC-DARTS's edge weights ``w`` per cell type (None without edge normalization)."""
+  u = search.mixture(state["arch"], search.net.default_masks())
+  return None if "edges" not in u else {t: np.asarray(u["edges"][t]) for t in CELL_TYPES}
+
+
 def magnitude(search: Search, state: PyTree,
               notes: list[str] | None = None) -> genotype_lib.Genotype:
   """Magnitude selection: the strongest live expert of the two strongest edges
   per node; fallbacks and ties are appended to ``notes``."""
   masks = live_masks(search, state)
   return genotype_lib.discretize(selection_weights(search, state), search.net.space,
-                                 {t: np.asarray(masks[t]) for t in CELL_TYPES}, notes)
+                                 {t: np.asarray(masks[t]) for t in CELL_TYPES}, notes,
+                                 edge_weights=selection_edge_weights(search, state))
 
 
 def _by_magnitude(search: Search, state: PyTree, fns) -> Selected:

@@ -24,6 +24,18 @@ edge selects the live experts; each expert runs under ``lax.cond``, so a masked
 expert's convolutions are not executed, forward or backward.  Hence a wipeout
 saves compute at once, and an op wiped on every edge of a cell type can be
 dropped from the graph (a rebuild) at the next epoch boundary.
+
+Partial channels (PC-DARTS, Xu et al. 2020, sec. 3.1).  With
+``partial_channels = K > 1`` an edge sends the first ``C/K`` channels of its
+input through the mixed operation (whose experts are built for ``C/K``
+channels) and the other ``C - C/K`` past it (2x2 max-pooled on a strided
+edge), concatenates the two and shuffles the channels in ``K`` groups::
+
+    f^(j,k)(x) = shuffle_K(concat(sum_i u_i f_i(x[:C/K]), pool(x[C/K:]))).
+
+Edge normalization (PC-DARTS sec. 3.2) weighs each edge's output by
+``w^(j,k)``, given as ``weights["edges"]`` (``xnas_jax.edge_norm``):
+``x^(k) = sum_{j<k} w^(j,k) f^(j,k)(x^(j))``.
 """
 from __future__ import annotations
 
@@ -65,6 +77,22 @@ class Head(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+  """PC-DARTS's ``channel_shuffle`` in NHWC: channel ``g * C/groups + j``
+  moves to ``j * groups + g``."""
+  *lead, c = x.shape
+  x = x.reshape(*lead, groups, c // groups)
+  return jnp.swapaxes(x, -1, -2).reshape(*lead, c)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """``nn.MaxPool2d(2, 2)`` of PC-DARTS's bypass on a strided edge, padded at
+  the end of an odd side so that it matches the strided experts'
+  ``ceil(H / 2)``."""
+  pad = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=pad)
 
 
 def _apply_module(module: nn.Module, variables: Variables, x: jax.Array,
@@ -138,6 +166,12 @@ class SearchCell:
   # Recompute each edge's forward in the backward pass of the edge scan
   # instead of stacking its residuals (see _scan_edges).
   remat: bool = True
+  partial_channels: int = 1  # K of PC-DARTS: the mixed op sees C/K channels
+
+  @property
+  def op_channels(self) -> int:
+    """The channels each expert of this cell is built for (``C / K``)."""
+    return self.channels // self.partial_channels
 
   @property
   def reduction(self) -> bool:
@@ -155,7 +189,8 @@ class SearchCell:
     return tuple(groups)
 
   def _op_modules(self, stride: int) -> dict[str, nn.Module]:
-    return {name: ops_lib.make_op(name, self.channels, stride, depthwise_impl=self.depthwise_impl)
+    return {name: ops_lib.make_op(name, self.op_channels, stride,
+                                  depthwise_impl=self.depthwise_impl)
             for name in self.built_ops if name != "none"}
 
   def _preprocess(self) -> tuple[nn.Module, nn.Module]:
@@ -174,6 +209,7 @@ class SearchCell:
     v0 = pre0.init(k0, s0, True)
     v1 = pre1.init(k1, s1, True)
     x = pre1.apply(v1, s1, False)
+    x_op = x[..., :self.op_channels]
     params = {"pre0": v0["params"], "pre1": v1["params"]}
     stats = {"pre0": v0["batch_stats"], "pre1": v1["batch_stats"]}
     for g, group in enumerate(self.groups):
@@ -181,7 +217,7 @@ class SearchCell:
       keys = jax.random.split(jax.random.fold_in(k_edges, g), len(group.edge_ids))
       gp, gs = {}, {}
       for name, module in modules.items():
-        init = lambda k, m=module: m.init({"params": k, "noise": k}, x, True)
+        init = lambda k, m=module: m.init({"params": k, "noise": k}, x_op, True)
         op_keys = jax.vmap(lambda k, i=self.space.ops.index(name): jax.random.fold_in(k, i))(keys)
         gp[name], gs[name] = _split(jax.vmap(init)(op_keys))
       params[f"edges{g}"], stats[f"edges{g}"] = gp, gs
@@ -195,7 +231,7 @@ class SearchCell:
 
   def apply(self, variables: Variables, s0: jax.Array, s1: jax.Array,
             weights: jax.Array, mask: jax.Array, rng: jax.Array | None,
-            train: bool) -> tuple[jax.Array, dict]:
+            train: bool, edge_weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Runs the cell.
 
     Args:
@@ -205,6 +241,8 @@ class SearchCell:
       mask: live experts, ``[num_edges, num_ops]`` bool.
       rng: key for the ``noise`` op (required if it is built).
       train: batch statistics (and their update) or running averages.
+      edge_weights: PC-DARTS's edge normalization ``[num_edges, batch]``
+        (None: every edge weighs 1).
 
     Returns:
       The cell output and the new batch statistics.
@@ -227,7 +265,8 @@ class SearchCell:
               if rng is not None else None)
       nodes, st = self._scan_edges(
           group, params[f"edges{g}"], stats[f"edges{g}"], inputs, nodes,
-          srcs, dsts, weights[ids], mask[ids], keys, train)
+          srcs, dsts, weights[ids], mask[ids], keys, train,
+          None if edge_weights is None else edge_weights[ids])
       new_stats[f"edges{g}"] = st
     b, h, w, c = nodes.shape[1:]
     out = jnp.moveaxis(nodes, 0, 3).reshape(b, h, w, NUM_NODES * c)  # node-major concat
@@ -237,7 +276,7 @@ class SearchCell:
     return out, new_stats
 
   def _scan_edges(self, group, params, stats, inputs, nodes, srcs, dsts,
-                  weights, mask, keys, train):
+                  weights, mask, keys, train, edge_weights=None):
     modules = self._op_modules(group.stride)
     op_index = {name: self.space.ops.index(name) for name in modules}
     from_inputs = all(s < NUM_INPUTS for s in srcs)
@@ -248,9 +287,12 @@ class SearchCell:
 
       The sum is taken in ``u``'s dtype (so that float32 mixture weights give
       float32 rewards ``-grad_u . f_i`` for a bfloat16 network) and returned
-      in the network's dtype.
+      in the network's dtype.  With partial channels the experts see
+      ``x[..., :C/K]`` (module docstring).
       """
-      zeros = jnp.zeros(x.shape[:1] + nodes.shape[2:], u.dtype)
+      x_all, k = x, self.partial_channels
+      x = x_all[..., :self.op_channels]
+      zeros = jnp.zeros(x.shape[:1] + nodes.shape[2:4] + (self.op_channels,), u.dtype)
       y = zeros
       new_s = {}
       for name, module in modules.items():
@@ -273,10 +315,16 @@ class SearchCell:
           new_s[name] = jax.tree.map(lambda a, b: jnp.where(m[i], a, b), st,
                                      dict(v["batch_stats"]))
         y = y + contrib
-      return y.astype(nodes.dtype), new_s
+      y = y.astype(nodes.dtype)
+      if k > 1:
+        rest = x_all[..., self.op_channels:]
+        if group.stride > 1:
+          rest = max_pool_2x2(rest)
+        y = channel_shuffle(jnp.concatenate([y, rest.astype(y.dtype)], axis=-1), k)
+      return y, new_s
 
     def body(nodes, xs):
-      p, s, src, dst, u, m, key = xs
+      p, s, src, dst, u, m, key, ew = xs
       if from_inputs:
         x = inputs[src]
       elif from_nodes:
@@ -285,6 +333,8 @@ class SearchCell:
         x = jnp.where(src < NUM_INPUTS, inputs[jnp.minimum(src, NUM_INPUTS - 1)],
                       nodes[jnp.maximum(src - NUM_INPUTS, 0)])
       y, new_s = mixed_op(p, s, x, u, m, key)
+      if ew is not None:  # PC-DARTS's edge normalization, per example copy
+        y = y * ew[:, None, None, None].astype(y.dtype)
       nodes = nodes.at[dst - NUM_INPUTS].add(y)
       return nodes, new_s
 
@@ -298,7 +348,8 @@ class SearchCell:
       # carry and each edge's forward is recomputed in the backward: a normal
       # cell's forward + backward at 32x32 (C=16, batch 4) takes 190 ms
       # instead of 365 ms, and compiles as fast (benchmarks/cell_step.py).
-      xs = (params, stats, jnp.asarray(srcs), jnp.asarray(dsts), weights, mask, keys)
+      xs = (params, stats, jnp.asarray(srcs), jnp.asarray(dsts), weights, mask, keys,
+            edge_weights)
       return jax.lax.scan(jax.checkpoint(body) if self.remat else body, nodes, xs)
     # Unrolled: static sources and destinations, one trace per edge.
     new_stats = []
@@ -306,6 +357,8 @@ class SearchCell:
       take = lambda tree, pos=pos: jax.tree.map(lambda a: a[pos], tree)
       x = inputs[src] if src < NUM_INPUTS else nodes[src - NUM_INPUTS]
       y, st = mixed_op(take(params), take(stats), x, weights[pos], mask[pos], keys[pos])
+      if edge_weights is not None:
+        y = y * edge_weights[pos][:, None, None, None].astype(y.dtype)
       nodes = nodes.at[dst - NUM_INPUTS].add(y)
       new_stats.append(st)
     return nodes, jax.tree.map(lambda *a: jnp.stack(a), *new_stats)
@@ -334,6 +387,7 @@ class Supernet:
   gate: str = "cond"
   depthwise_impl: str = "auto"
   remat: bool = True  # SearchCell.remat
+  partial_channels: int = 1  # PC-DARTS's K (SearchCell.partial_channels)
 
   def built_ops(self, cell_type: str) -> tuple[str, ...]:
     if self.active_ops is None:
@@ -351,7 +405,7 @@ class Supernet:
         c *= 2
       cells.append(SearchCell(self.space, cell_type, c, reduction_prev,
                               self.built_ops(cell_type), self.edge_loop, self.gate,
-                              self.depthwise_impl, self.remat))
+                              self.depthwise_impl, self.remat, self.partial_channels))
       reduction_prev = cell_type == "reduce"
     return tuple(cells)
 
@@ -412,7 +466,9 @@ class Supernet:
         ``[replicas, B, num_edges, num_ops]``: ``[E, N]`` shares one set of
         weights (the usual case); a full ``[R, B, E, N]`` array gives each cell
         replica and each example its own copy, so that the gradient w.r.t. it
-        holds per-replica, per-example rewards.
+        holds per-replica, per-example rewards.  An optional entry
+        ``weights["edges"]`` holds, per cell type, PC-DARTS's edge weights
+        broadcastable to ``[replicas, B, num_edges]``.
       masks: per cell type, ``[E, N]`` bool of the live experts (default: all
         the experts the space has).
       train: use (and update) batch statistics.
@@ -426,10 +482,12 @@ class Supernet:
     if rng is None and "noise" in self.space.ops:
       raise ValueError("space with a 'noise' op needs rng=")
     b = x.shape[0]
-    full = {}
+    full, edges = {}, {}
     for t in CELL_TYPES:
       r = max(self.replicas[t], 1)
       full[t] = jnp.broadcast_to(weights[t], (r, b, self.space.num_edges, self.space.num_ops))
+      if "edges" in weights:
+        edges[t] = jnp.broadcast_to(weights["edges"][t], (r, b, self.space.num_edges))
     stem = Stem(self.stem_multiplier * self.channels)
     s, st = _apply_module(stem, {"params": params["stem"], "batch_stats": stats["stem"]}, x, train)
     new_stats = {"stem": st}
@@ -438,11 +496,12 @@ class Supernet:
     for i, cell in enumerate(self.cells):
       t = cell.cell_type
       u = jnp.swapaxes(full[t][seen[t]], 0, 1)  # [E, B, N]
+      ew = jnp.swapaxes(edges[t][seen[t]], 0, 1) if edges else None  # [E, B]
       seen[t] += 1
       key = jax.random.fold_in(rng, i) if rng is not None else None
       out, new_stats[f"cell{i}"] = cell.apply(
           {"params": params[f"cell{i}"], "batch_stats": stats[f"cell{i}"]},
-          s0, s1, u, masks[t], key, train)
+          s0, s1, u, masks[t], key, train, ew)
       s0, s1 = s1, out
     logits = Head(self.num_classes).apply({"params": params["head"]}, s1)
     return logits, new_stats

@@ -32,6 +32,7 @@ import optax
 
 from xnas_jax import arch as arch_lib
 from xnas_jax import config_checks
+from xnas_jax import edge_norm
 from xnas_jax import optim
 from xnas_jax.search_space import SearchSpace
 
@@ -78,6 +79,9 @@ class ArchOptimizer(NamedTuple):
       (0: uniform mixture).
     step_order: ``WEIGHTS_FIRST`` or ``ARCH_FIRST``.
     warmup_epochs: epochs of weight steps only before the first architecture step.
+    init_params: ``(space, key) -> arch``, the initial parameters (None:
+      ``arch.init_arch_params`` at ``init_scale``; ``edge_norm.wrap`` adds
+      the edges' betas).
     learning_rates, rewards_per_step, horizons, reward_bounds: per cell type,
       XNAS's eta, rounds per step, T and L (empty for the others); zeta its
       wipeout relaxation.
@@ -90,6 +94,7 @@ class ArchOptimizer(NamedTuple):
   step_order: str = WEIGHTS_FIRST
   warmup_epochs: int = 0
   run_masks: Callable[..., dict[str, jax.Array]] | None = None
+  init_params: Callable[[SearchSpace, jax.Array], PyTree] | None = None
   learning_rates: dict[str, float] = {}
   rewards_per_step: dict[str, int] = {}
   horizons: dict[str, int] = {}
@@ -152,10 +157,24 @@ def validate(config: ml_collections.ConfigDict,
 
 
 def build(config: ml_collections.ConfigDict, shape: SearchShape) -> ArchOptimizer:
-  """The optimizer ``config.arch_optimizer.name`` for a search of ``shape``."""
+  """The optimizer ``config.arch_optimizer.name`` for a search of ``shape``,
+  with PC-DARTS's edge normalization around it where the config asks for it
+  (``edge_norm.enabled``)."""
   opt = get(config.arch_optimizer.name).build(config, shape)
   warmup = config.arch_optimizer.get("warmup_epochs", None)
-  return opt if warmup is None else opt._replace(warmup_epochs=int(warmup))
+  if warmup is not None:
+    opt = opt._replace(warmup_epochs=int(warmup))
+  if edge_norm.enabled(config):
+    opt = edge_norm.wrap(opt, shape.space, config.edge_norm_optimizer,
+                         lambda space, key, opt=opt: init_params(opt, space, key))
+  return opt
+
+
+def init_params(opt: ArchOptimizer, space: SearchSpace, key: jax.Array) -> PyTree:
+  """The initial architecture parameters of ``opt``."""
+  if opt.init_params is not None:
+    return opt.init_params(space, key)
+  return arch_lib.init_arch_params(space, key, opt.init_scale)
 
 
 def logit_gradient(mixture: Callable[..., dict[str, jax.Array]],
