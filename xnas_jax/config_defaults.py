@@ -69,6 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.edge_norm = ml_collections.FieldReference(None, field_type=bool)
   config.edge_norm_optimizer = ml_collections.ConfigDict({
       "learning_rate": 6e-4, "b1": 0.5, "b2": 0.999, "weight_decay": 1e-3})
+  # DrNAS's progressive search (xnas_jax.progressive): after epochs // 2,
+  # prune every edge to its keep_ops strongest experts and widen the partial
+  # channels from partial_channels to progressive.partial_channels.
+  config.progressive = ml_collections.ConfigDict({
+      "enabled": False, "partial_channels": 4, "keep_ops": 4})
   config.augment = ml_collections.ConfigDict({"pad": 1, "flip": False})
   config.weight_optimizer = ml_collections.ConfigDict({
       "learning_rate": 0.025, "min_learning_rate": 0.001, "momentum": 0.9,

@@ -25,6 +25,7 @@ from xnas_jax import input_pipeline
 from xnas_jax import ops as ops_lib
 from xnas_jax import optim
 from xnas_jax import parallel
+from xnas_jax import progressive
 from xnas_jax import rebuild as rebuild_lib
 from xnas_jax.search_space import CELL_TYPES, OP_SETS, TOPOLOGIES, get_search_space
 from xnas_jax.search_space import image_size_error
@@ -51,6 +52,8 @@ RULES = (
     ("partial_channels", "positive_int"), ("edge_norm", "optional_bool"),
     ("edge_norm_optimizer.learning_rate", "positive"), ("edge_norm_optimizer.b1", "unit_open"),
     ("edge_norm_optimizer.b2", "unit_open"), ("edge_norm_optimizer.weight_decay", "nonnegative"),
+    ("progressive.enabled", "bool"), ("progressive.partial_channels", "positive_int"),
+    ("progressive.keep_ops", "positive_int"),
 )
 
 
@@ -68,6 +71,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   hypergrad.validate(config, ConfigError)
   arch_optimizers.validate(config, ConfigError)
   budget.validate(config, ConfigError)
+  progressive.validate(config, ConfigError)
+  if config.progressive.enabled and config.progressive.keep_ops > len(OP_SETS[config.op_set]):
+    raise ConfigError(f"progressive.keep_ops {config.progressive.keep_ops} is more than the "
+                      f"{len(OP_SETS[config.op_set])} ops of op_set {config.op_set!r}")
+  if progressive.switch_epoch(config) is not None and config.num_seeds > 1:
+    raise ConfigError(f"progressive search with num_seeds {config.num_seeds}: its pruning is "
+                      f"one static structure, not one per seed; run the seeds one by one")
   k = config.partial_channels
   if config.channels % k:
     raise ConfigError(f"partial_channels {k} does not divide channels {config.channels} "

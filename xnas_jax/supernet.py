@@ -388,6 +388,9 @@ class Supernet:
   depthwise_impl: str = "auto"
   remat: bool = True  # SearchCell.remat
   partial_channels: int = 1  # PC-DARTS's K (SearchCell.partial_channels)
+  # Per cell type, [edges][ops] bools of the experts kept by a pruning
+  # (DrNAS's progressive search, ``xnas_jax.progressive``); None: all.
+  op_mask: tuple[tuple[tuple[bool, ...], ...], ...] | None = None
 
   def built_ops(self, cell_type: str) -> tuple[str, ...]:
     if self.active_ops is None:
@@ -415,8 +418,12 @@ class Supernet:
     return {t: sum(c.cell_type == t for c in self.cells) for t in CELL_TYPES}
 
   def default_masks(self) -> dict[str, jax.Array]:
-    """The experts that exist: all, or the per-edge sets of space S1."""
-    return {t: jnp.asarray(self.space.available_mask(t)) for t in CELL_TYPES}
+    """The experts that exist: all, or the per-edge sets of space S1, less
+    those a pruning removed (``op_mask``)."""
+    masks = {t: np.asarray(self.space.available_mask(t)) for t in CELL_TYPES}
+    if self.op_mask is not None:
+      masks = {t: masks[t] & np.asarray(self.op_mask[i], bool) for i, t in enumerate(CELL_TYPES)}
+    return {t: jnp.asarray(m) for t, m in masks.items()}
 
   def init(self, key: jax.Array, x: jax.Array) -> Variables:
     """Initializes network variables for NHWC images ``x`` (only its shape is used).

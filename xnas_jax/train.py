@@ -31,6 +31,7 @@ from xnas_jax import events
 from xnas_jax import figures
 from xnas_jax import input_pipeline
 from xnas_jax import parallel
+from xnas_jax import progressive
 from xnas_jax import search_metrics
 from xnas_jax import search_setup
 from xnas_jax import search_steps
@@ -86,6 +87,11 @@ class _Seeds:
       return self.searches
     return [search_setup.with_active_ops(s, active_ops) for s in self.searches]
 
+  def with_meta(self, meta: dict[str, Any]) -> list[search_setup.Search]:
+    """The searches over the supernet a checkpoint's metadata records: the
+    ops it builds and its progressive stage (partial channels, pruning)."""
+    return [progressive.with_structure(s, meta) for s in self.with_ops(meta.get("active_ops"))]
+
   def step_function(self, fns: search_steps.StepFunctions):
     step = functools.partial(search_steps.search_step, self.searches[0], fns)
     # Several seeds: the whole step is one program; the old state's buffers are reused.
@@ -127,10 +133,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     restored = checkpointing.resume(
         manager, workdir, config.to_dict(), RESUMABLE_KEYS,
-        lambda meta: jax.eval_shape(lambda: run.fresh_state(run.with_ops(meta.get("active_ops")))))
+        lambda meta: jax.eval_shape(lambda: run.fresh_state(run.with_meta(meta))))
   except checkpointing.ResumeRefused as e:
     raise ConfigError(str(e)) from None
-  run.searches = run.with_ops(restored.meta.get("active_ops"))
+  run.searches = run.with_meta(restored.meta)
   state = restored.state if restored.state is not None else run.fresh_state()
   mesh = parallel.data_mesh(config.get("num_devices", 0))
   state = parallel.replicate(state, mesh)
@@ -159,6 +165,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state = dict(state, epoch=state["epoch"] + 1)
       summaries = _epoch_summaries(run, state, step_metrics, first_step, t0, compiled_before,
                                    first_epoch)
+      if epoch + 1 == progressive.switch_epoch(config):  # DrNAS's second stage
+        new_search, state, changed = progressive.advance(
+            run.searches[0], state, search_setup.live_masks(run.searches[0], state),
+            lambda s: search_setup.init_state(s, jax.random.key(0)),
+            jax.random.fold_in(jax.random.wrap_key_data(state["data_key"]), 1 << 20))
+        run.searches = [progressive.with_structure(s, progressive.structure(new_search.net))
+                        for s in run.searches]
+        state = parallel.replicate(state, mesh)
+        fns = search_steps.step_functions(run.searches[0])
+        step = run.step_function(fns)
+        summaries = [dict(s, progressive=changed) for s in summaries]
       if config.rebuild_wiped and epoch + 1 < config.epochs:
         rebuilt, state, dropped = search_setup.rebuild(run.searches[0], state)
         if any(dropped.values()):
@@ -170,7 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       checkpointing.append_metrics(metrics_path, summaries)
       writers.write(summaries, CELL_TYPES)
       checkpointing.save(manager, int(np.max(state["epoch"])), state,
-                         {"active_ops": [list(o) for o in search_setup.built_ops(run.searches[0])]})
+                         {"active_ops": [list(o) for o in search_setup.built_ops(run.searches[0])],
+                          **progressive.structure(run.searches[0].net)})
       if hasattr(bar, "set_postfix"):
         s0 = summaries[0]
         bar.set_postfix(train_acc=f"{s0['train_acc']:.3f}", val_acc=f"{s0['val_acc']:.3f}",
