@@ -14,7 +14,6 @@ from xnas_jax import edge_norm
 from xnas_jax import genotype as genotype_lib
 from xnas_jax import ops as ops_lib
 from xnas_jax import search_setup
-from xnas_jax import search_steps
 from xnas_jax import train
 from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, get_search_space
 from xnas_jax.supernet import SearchCell, channel_shuffle
@@ -184,42 +183,56 @@ def _pc_search(name):
   return c
 
 
-def test_betas_gradient_is_the_mean_loss_gradient(name="xnas"):
-  """The wrapped optimizer's gradient w.r.t. the betas equals autodiff of the
-  batch's mean loss through the node softmax and the whole supernet; the
-  experts' part is the inner optimizer's own (XNAS's per-copy rewards; the
-  logit optimizers' side is the end-to-end PC-DARTS search below)."""
-  search = search_setup.build_search(_pc_search(name))
-  state = search_setup.init_state(search, jax.random.key(0))
-  state["arch"]["edges"] = jax.tree.map(
-      lambda b: jax.random.normal(jax.random.key(7), b.shape), state["arch"]["edges"])
-  masks = search_setup.live_masks(search, state)
-  b = search.config.batch_size
-  x = jax.random.normal(jax.random.key(1), (b,) + search.data.image_shape)
-  y = jnp.arange(b) % search.data.num_classes
-  grads = search_steps.loss_and_grads_fn(search.net)
-  u_full = search_steps.per_copy_weights(search.net, search.mixture(state["arch"], masks), b)
-  _, _, _, g_u, _ = grads(state["params"], state["batch_stats"], u_full, masks, x, y, None)
-  zeros = jax.tree.map(lambda g: jnp.zeros(g.shape[2:]), g_u)
-  got = search.arch_opt.gradient(state["arch"], masks, g_u, zeros, None, 0)
+@pytest.mark.parametrize("name", ["xnas", "darts_adam"])
+def test_betas_gradient_pulls_the_copies_back_through_the_node_softmax(name):
+  """The wrapped optimizer's gradient w.r.t. the betas is the gradient of
+  ``sum_copies <g, w(beta)> / B`` (the batch's mean loss, linearized at the
+  per-copy ``dloss/dw`` the supernet hands over) plus the correction: w.r.t.
+  ``w`` for XNAS (pulled back with it), w.r.t. ``beta`` for DARTS; the
+  experts' part is the inner optimizer's own."""
+  space = get_search_space("darts")
+  c = tiny_config(partial_channels=2, op_set="darts")
+  c.arch_optimizer.name = name
+  replicas, b = {"normal": 1, "reduce": 2}, 4
+  shape = arch_optimizers.SearchShape(space, replicas,
+                                      {t: np.ones((14, 8), bool) for t in CELL_TYPES}, b, 3, 2)
+  opt = arch_optimizers.build(c, shape)
+  arch = arch_optimizers.init_params(opt, space, jax.random.key(0))
+  keys = iter(jax.random.split(jax.random.key(1), 20))
+  arch["edges"] = {t: jax.random.normal(next(keys), (14,)) for t in CELL_TYPES}
+  masks = {t: jnp.ones((14, 8), bool) for t in CELL_TYPES}
+  g_u = {t: jax.random.normal(next(keys), (replicas[t], b, 14, 8)) for t in CELL_TYPES}
+  g_u["edges"] = {t: jax.random.normal(next(keys), (replicas[t], b, 14)) for t in CELL_TYPES}
+  corr = {t: jnp.zeros((14, 8)) for t in CELL_TYPES}
+  corr["edges"] = {t: jax.random.normal(next(keys), (14,)) for t in CELL_TYPES}
+  got = opt.gradient(arch, masks, g_u, corr, None, 0)
 
-  def mean_loss(beta):
-    u = dict(search.mixture(state["arch"], masks),
-             edges=edge_norm.edge_weights(search.net.space, beta))
-    logits, _ = search.net.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
-                                 x, u, masks, train=True)
-    return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
-  want = jax.grad(mean_loss)(state["arch"]["edges"])
+  def w_of(beta):  # the softmax over each node's incoming edges, written out
+    parts = []
+    for dst in range(2, 6):
+      idx = space.incoming(dst)
+      e = jnp.exp(beta[jnp.asarray(idx)] - jnp.max(beta[jnp.asarray(idx)]))
+      parts.append(e / jnp.sum(e))
+    return jnp.concatenate(parts)  # incoming edges are consecutive, node by node
+
+  xnas = name == "xnas"
+
+  def surrogate(betas):
+    total = 0.0
+    for t in CELL_TYPES:
+      w = w_of(betas[t])
+      total += jnp.sum(g_u["edges"][t] * w) / b
+      if xnas:
+        total += jnp.sum(corr["edges"][t] * w)
+    return total
+  want = jax.grad(surrogate)(arch["edges"])
   for t in CELL_TYPES:
-    np.testing.assert_allclose(got["edges"][t], want[t], rtol=1e-4, atol=1e-6)
-    assert float(jnp.abs(want[t]).max()) > 1e-6
-  inner = arch_optimizers.get(name).build(search.config, arch_optimizers.SearchShape(
-      search.net.space, dict(search.net.replicas), search.net.default_masks(), b,
-      search.steps_per_epoch, search.config.epochs))
-  a_inner = {t: state["arch"][t] for t in CELL_TYPES}
-  g_inner = {t: g_u[t] for t in CELL_TYPES}
-  expect = inner.gradient(a_inner, masks, g_inner,
-                          {t: jnp.zeros(a_inner[t].shape) for t in CELL_TYPES}, None, 0)
+    expect = want[t] + (0.0 if xnas else corr["edges"][t])
+    np.testing.assert_allclose(got["edges"][t], expect, rtol=1e-5, atol=1e-6)
+  inner = arch_optimizers.get(name).build(c, shape)
+  a_inner = {t: arch[t] for t in CELL_TYPES}
+  expect = inner.gradient(a_inner, masks, {t: g_u[t] for t in CELL_TYPES},
+                          {t: corr[t] for t in CELL_TYPES}, None, 0)
   for t in CELL_TYPES:
     np.testing.assert_allclose(got[t], expect[t], rtol=1e-6)
 
