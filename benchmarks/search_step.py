@@ -57,8 +57,6 @@ def config_for(row: str, args):
     c.channels = args.channels
   if row in ("darts", "torch_darts", "darts_pc4"):
     c.arch_optimizer.name, c.op_set = "darts_adam", "darts"  # DARTS's 8 ops, concat output
-  if row in ("xnas_pc4", "darts_pc4"):
-    c.partial_channels = 4  # PC-DARTS's K on CIFAR-10, with edge normalization
   elif row == "gdas":
     c.arch_optimizer.name = "gdas"
   elif row == "xnas_amended":
@@ -67,6 +65,8 @@ def config_for(row: str, args):
     c.compute_dtype = "bfloat16"
   elif row == "xnas_seeds":
     c.num_seeds = args.seeds
+  if row in ("xnas_pc4", "darts_pc4"):
+    c.partial_channels = 4  # PC-DARTS's K on CIFAR-10, with edge normalization
   return c
 
 

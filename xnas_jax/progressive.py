@@ -34,29 +34,35 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xnas_jax.search_space import CELL_TYPES
+from xnas_jax.search_space import CELL_TYPES, OP_SETS
 
 PyTree = Any
+
 
 def validate(config: ml_collections.ConfigDict, error: type) -> None:
   """The progressive section's fit with the search (its ranges are
   ``search_setup.RULES``)."""
-  if config.get("progressive") is None:
-    return
   p = config.progressive
   if not p.enabled:
     return
   if config.channels % p.partial_channels:
     raise error(f"progressive.partial_channels {p.partial_channels} does not divide channels "
                 f"{config.channels}")
+  num_ops = len(OP_SETS[config.op_set])
+  if p.keep_ops > num_ops:
+    raise error(f"progressive.keep_ops {p.keep_ops} is more than the {num_ops} ops of op_set "
+                f"{config.op_set!r}")
+  if config.num_seeds > 1:
+    raise error(f"progressive search with num_seeds {config.num_seeds}: its pruning is one "
+                f"static structure, not one per seed; run the seeds one by one")
   if config.epochs < 2:
     raise error(f"progressive search needs epochs >= 2 (two stages), got {config.epochs}")
 
 
 def switch_epoch(config: ml_collections.ConfigDict) -> int | None:
   """The number of epochs after which the second stage starts (None: no stages)."""
-  p = config.get("progressive")
-  return config.epochs // 2 if p is not None and p.enabled else None
+  p = config.progressive
+  return config.epochs // 2 if p.enabled else None
 
 
 def structure(net) -> dict[str, Any]:
@@ -79,19 +85,15 @@ def with_structure(search, meta: dict[str, Any]):
 
 def prune(u: dict[str, np.ndarray], masks: dict[str, np.ndarray],
           keep: int) -> tuple[tuple[tuple[bool, ...], ...], ...]:
-  """Per cell type, the ``keep`` live experts of largest ``u`` on every edge
-  (ties to the lower index; the release's ``topk``).  ``u`` and ``masks`` may
-  have a leading seed axis: a seed's prune is its own, the union is built."""
+  """Per cell type, the ``keep`` live experts of largest ``u`` ``[E, N]`` on
+  every edge (ties to the lower index; the release's ``topk``)."""
   out = []
   for t in CELL_TYPES:
-    w = np.asarray(u[t], np.float64)
-    m = np.asarray(masks[t], bool)
-    w = np.where(m, w, -np.inf).reshape(-1, *w.shape[-2:])
+    w = np.where(np.asarray(masks[t], bool), np.asarray(u[t], np.float64), -np.inf)
     kept = np.zeros(w.shape, bool)
-    order = np.argsort(-w, axis=-1, kind="stable")[..., :keep]
-    np.put_along_axis(kept, order, True, axis=-1)
+    np.put_along_axis(kept, np.argsort(-w, axis=-1, kind="stable")[:, :keep], True, axis=-1)
     kept &= np.isfinite(w)
-    out.append(tuple(tuple(map(bool, e)) for e in kept.any(axis=0)))
+    out.append(tuple(tuple(map(bool, e)) for e in kept))
   return tuple(out)
 
 

@@ -72,12 +72,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   arch_optimizers.validate(config, ConfigError)
   budget.validate(config, ConfigError)
   progressive.validate(config, ConfigError)
-  if config.progressive.enabled and config.progressive.keep_ops > len(OP_SETS[config.op_set]):
-    raise ConfigError(f"progressive.keep_ops {config.progressive.keep_ops} is more than the "
-                      f"{len(OP_SETS[config.op_set])} ops of op_set {config.op_set!r}")
-  if progressive.switch_epoch(config) is not None and config.num_seeds > 1:
-    raise ConfigError(f"progressive search with num_seeds {config.num_seeds}: its pruning is "
-                      f"one static structure, not one per seed; run the seeds one by one")
   k = config.partial_channels
   if config.channels % k:
     raise ConfigError(f"partial_channels {k} does not divide channels {config.channels} "

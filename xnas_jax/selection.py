@@ -4,7 +4,7 @@
   strongest operation other than ``none`` (DARTS sec. 2.4; XNAS sec. 2.1:
   "the strength of an edge is max_i u_i"), from XNAS eq. 1's weights over
   every expert the space has (``selection_weights``), times PC-DARTS's edge
-  weight where the search normalizes edges (``selection_edge_weights``).
+  weight where the search normalizes edges.
 * ``perturbation``: DARTS-PT (``xnas_jax.perturbation``), which keeps the
   magnitude genotype beside its own.
 
@@ -39,18 +39,20 @@ class Selected(NamedTuple):
   files: dict[str, str]
 
 
+def _selection_mixture(search: Search, state: PyTree
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+  """``selection_weights``, and PC-DARTS's edge weights ``w`` per cell type
+  (None without edge normalization), from one evaluation of the mixture."""
+  u = search.mixture(state["arch"], search.net.default_masks())
+  edges = None if "edges" not in u else {t: np.asarray(u["edges"][t]) for t in CELL_TYPES}
+  return {t: np.asarray(u[t]) for t in CELL_TYPES}, edges
+
+
 def selection_weights(search: Search, state: PyTree) -> dict[str, np.ndarray]:
   """The ``u`` that magnitude selection reads edge strengths from: XNAS eq. 1,
   ``u_i = v_i / sum_{l=1..N} v_l`` over every expert the space has, wiped ones
   with the weight they had when wiped (see ``genotype.discretize_cell``)."""
-  u = search.mixture(state["arch"], search.net.default_masks())
-  return {t: np.asarray(u[t]) for t in CELL_TYPES}
-
-
-def selection_edge_weights(search: Search, state: PyTree) -> dict[str, np.ndarray] | None:
-  """PC-DARTS's edge weights ``w`` per cell type (None without edge normalization)."""
-  u = search.mixture(state["arch"], search.net.default_masks())
-  return None if "edges" not in u else {t: np.asarray(u["edges"][t]) for t in CELL_TYPES}
+  return _selection_mixture(search, state)[0]
 
 
 def magnitude(search: Search, state: PyTree,
@@ -58,9 +60,10 @@ def magnitude(search: Search, state: PyTree,
   """Magnitude selection: the strongest live expert of the two strongest edges
   per node; fallbacks and ties are appended to ``notes``."""
   masks = live_masks(search, state)
-  return genotype_lib.discretize(selection_weights(search, state), search.net.space,
+  weights, edge_weights = _selection_mixture(search, state)
+  return genotype_lib.discretize(weights, search.net.space,
                                  {t: np.asarray(masks[t]) for t in CELL_TYPES}, notes,
-                                 edge_weights=selection_edge_weights(search, state))
+                                 edge_weights=edge_weights)
 
 
 def _by_magnitude(search: Search, state: PyTree, fns) -> Selected:

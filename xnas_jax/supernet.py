@@ -282,13 +282,14 @@ class SearchCell:
     from_inputs = all(s < NUM_INPUTS for s in srcs)
     from_nodes = all(s >= NUM_INPUTS for s in srcs)
 
-    def mixed_op(p, s, x, u, m, key):
+    def mixed_op(p, s, x, u, m, key, ew):
       """sum_i u_i f_i(x) over the live experts; each runs under lax.cond.
 
       The sum is taken in ``u``'s dtype (so that float32 mixture weights give
       float32 rewards ``-grad_u . f_i`` for a bfloat16 network) and returned
       in the network's dtype.  With partial channels the experts see
-      ``x[..., :C/K]`` (module docstring).
+      ``x[..., :C/K]``; ``ew`` (per example, or None) is PC-DARTS's edge
+      weight (module docstring).
       """
       x_all, k = x, self.partial_channels
       x = x_all[..., :self.op_channels]
@@ -321,6 +322,8 @@ class SearchCell:
         if group.stride > 1:
           rest = max_pool_2x2(rest)
         y = channel_shuffle(jnp.concatenate([y, rest.astype(y.dtype)], axis=-1), k)
+      if ew is not None:
+        y = y * ew[:, None, None, None].astype(y.dtype)
       return y, new_s
 
     def body(nodes, xs):
@@ -332,9 +335,7 @@ class SearchCell:
       else:  # same shapes (stride 1): select without copying the state buffer
         x = jnp.where(src < NUM_INPUTS, inputs[jnp.minimum(src, NUM_INPUTS - 1)],
                       nodes[jnp.maximum(src - NUM_INPUTS, 0)])
-      y, new_s = mixed_op(p, s, x, u, m, key)
-      if ew is not None:  # PC-DARTS's edge normalization, per example copy
-        y = y * ew[:, None, None, None].astype(y.dtype)
+      y, new_s = mixed_op(p, s, x, u, m, key, ew)
       nodes = nodes.at[dst - NUM_INPUTS].add(y)
       return nodes, new_s
 
@@ -356,9 +357,8 @@ class SearchCell:
     for pos, (src, dst) in enumerate(zip(srcs.tolist(), dsts.tolist())):
       take = lambda tree, pos=pos: jax.tree.map(lambda a: a[pos], tree)
       x = inputs[src] if src < NUM_INPUTS else nodes[src - NUM_INPUTS]
-      y, st = mixed_op(take(params), take(stats), x, weights[pos], mask[pos], keys[pos])
-      if edge_weights is not None:
-        y = y * edge_weights[pos][:, None, None, None].astype(y.dtype)
+      y, st = mixed_op(take(params), take(stats), x, weights[pos], mask[pos], keys[pos],
+                       None if edge_weights is None else edge_weights[pos])
       nodes = nodes.at[dst - NUM_INPUTS].add(y)
       new_stats.append(st)
     return nodes, jax.tree.map(lambda *a: jnp.stack(a), *new_stats)
