@@ -102,6 +102,9 @@ def test_unknown_names_are_refused():
   config.depthwise_impl = "fft"
   with pytest.raises(train.ConfigError, match="unknown depthwise_impl 'fft'"):
     train.validate_config(config)
+  config.depthwise_impl, config.arch_gradient = "shifted", "darts_second_order"
+  with pytest.raises(train.ConfigError, match="depthwise_impl='shifted' has no forward-mode"):
+    train.validate_config(config)
   config = config_defaults.base_config()
   config.arch_optimizer.name, config.arch_optimizer.reg_type = "drnas", "l1"
   with pytest.raises(train.ConfigError, match="unknown arch_optimizer.reg_type 'l1'"):

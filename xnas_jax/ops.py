@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from xnas_jax import shifted_ops
+
 _BN_MOMENTUM = 0.9
 _BN_EPS = 1e-5
 
@@ -124,18 +126,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: i
         x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
         rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=c if impl == "grouped" else 1)
-  b, h, w, _ = x.shape
-  ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-  wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  out = None
-  for p in range(kh):
-    for q in range(kw):
-      start = (0, p * dilation, q * dilation, 0)
-      limit = (b, start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1, c)
-      term = lax.slice(xp, start, limit, (1, stride, stride, 1)) * kernel[p, q, 0]
-      out = term if out is None else out + term
-  return out
+  return shifted_ops.depthwise_conv(x, kernel, stride, dilation, padding)
 
 
 class DepthwiseConv(nn.Module):

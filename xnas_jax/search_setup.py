@@ -67,6 +67,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   choose("topology", TOPOLOGIES)
   choose("compute_dtype", COMPUTE_DTYPES)
   choose("depthwise_impl", ops_lib.DEPTHWISE_IMPLS)
+  if config.depthwise_impl == "shifted" and config.arch_gradient in hypergrad.CORRECTIONS:
+    raise ConfigError(f"depthwise_impl='shifted' has no forward-mode derivative, which "
+                      f"arch_gradient={config.arch_gradient!r} needs; use 'auto', 'grouped' "
+                      f"or 'dense'")
   config_checks.check(config, RULES, ConfigError)
   hypergrad.validate(config, ConfigError)
   arch_optimizers.validate(config, ConfigError)
@@ -110,11 +114,11 @@ class Search:
 
 def depthwise_impl(config: ml_collections.ConfigDict) -> str:
   """``config.depthwise_impl``, where "auto" keeps XLA's grouped convolution
-  for the second-order hypergradients: their programs differentiate the
-  supernet twice (a jvp of its gradient), and the k*k slices of the shifted
-  form then take XLA:CPU over 20 minutes and 11 GB to compile (a DARTS
-  second-order correction on the tests' tiny supernet), against about two
-  minutes with grouped convolutions."""
+  for the second-order hypergradients: their programs take a jvp of the
+  supernet's gradient, which the shifted form's ``custom_vjp``
+  (``shifted_ops``) does not have (and its k*k slices, differentiated twice,
+  took XLA:CPU over 20 minutes and 11 GB to compile on the tests' tiny
+  supernet, against about two minutes with grouped convolutions)."""
   if config.depthwise_impl == "auto" and config.arch_gradient in hypergrad.CORRECTIONS:
     return "grouped"
   return config.depthwise_impl
