@@ -13,7 +13,7 @@ kernel gradient a reduction of its own slice, so XLA:CPU materializes the
   dilated by ``s`` (``lax.pad``'s interior padding) and shifted so that
   ``dx[i] = sum_p' G[i + P + d p'] w[k-1-p']``;
 * ``dw[p] = sum_i x_pad[s i + d p] g[i]`` for all ``k*k`` taps is one variadic
-  ``lax.reduce``: a single pass over ``x`` and ``g``, accumulated in float32.
+  ``lax.reduce``: a single pass over ``x`` and ``g``, accumulated in float32 at least.
 
 ``benchmarks/search_step.py`` and ``benchmarks/op_profile.py`` measure the
 effect; ``tests/test_ops.py`` checks values and gradients against XLA's grouped
@@ -90,10 +90,10 @@ def _conv_bwd(stride, dilation, padding, res, g):
   dx = _shifted_sum(gz, kernel[::-1, ::-1, 0], 1, d, h, w)
   # dw[p, q] = sum_{b,i,j} x_pad[b, s i + d p, s j + d q] g[b, i, j]: all taps
   # in one variadic reduction (one pass over x and g instead of k*k).
-  g32 = g.astype(jnp.float32)
-  prods = tuple(tap.astype(jnp.float32) * g32
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  prods = tuple(tap.astype(acc) * g.astype(acc)
                 for tap in _taps(_pad(x, padding), k, s, d, ho, wo))
-  zeros = tuple(jnp.zeros((), jnp.float32) for _ in prods)
+  zeros = tuple(jnp.zeros((), acc) for _ in prods)
   sums = lax.reduce(prods, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1, 2))
   dw = jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype)
   return dx, dw
