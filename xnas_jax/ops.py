@@ -200,6 +200,13 @@ class FactorizedReduce(nn.Module):
     return batch_norm(self.affine, train)(jnp.concatenate([a, b], axis=-1))
 
 
+# 3x3 max pooling per backend: "separable" (``shifted_ops.max_pool_3x3``, two
+# 3-tap maxima with hand-written backward passes; XLA:CPU's own gradient of
+# reduce_window is an index-tracking reduce_window plus a scatter) or XLA's
+# reduce_window where none is recorded.
+MAX_POOL_AUTO = {"cpu": "separable"}
+
+
 class Pool(nn.Module):
   """3x3 max or average pooling (padding 1, avg excludes padding) -> BN.
 
@@ -214,7 +221,9 @@ class Pool(nn.Module):
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     pad = ((1, 1), (1, 1))
     dtype = x.dtype
-    if self.kind == "max":
+    if self.kind == "max" and MAX_POOL_AUTO.get(jax.default_backend()) == "separable":
+      x = shifted_ops.max_pool_3x3(x, self.stride)
+    elif self.kind == "max":
       x = nn.max_pool(x, (3, 3), (self.stride,) * 2, padding=pad)
     else:
       # (The divisor counts are float32; keep the input's dtype.)

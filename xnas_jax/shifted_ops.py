@@ -1,5 +1,8 @@
-"""Depthwise convolution as shifted slices, with a hand-written backward pass
-(``jax.custom_vjp``) for XLA:CPU.
+"""Depthwise convolution and 3x3 max pooling as shifted slices, with
+hand-written backward passes (``jax.custom_vjp``) for XLA:CPU.
+
+Max pooling is two 3-tap maxima (``max_pool_3x3``, whose docstring derives the
+gradient's placement).  The depthwise convolution:
 
 Forward, it is a sum of ``k*k`` strided slices of the padded input times one
 kernel tap each, which XLA fuses into one loop.  Its automatic derivative is
@@ -15,9 +18,9 @@ kernel gradient a reduction of its own slice, so XLA:CPU materializes the
 * ``dw[p] = sum_i x_pad[s i + d p] g[i]`` for all ``k*k`` taps is one variadic
   ``lax.reduce``: a single pass over ``x`` and ``g``, accumulated in float32 at least.
 
-``benchmarks/search_step.py`` and ``benchmarks/op_profile.py`` measure the
+``benchmarks/search_step.py`` and ``benchmarks/step_profile.py`` measure the
 effect; ``tests/test_ops.py`` checks values and gradients against XLA's grouped
-convolution and a NumPy loop.  A ``custom_vjp`` has no forward-mode derivative:
+convolution, ``nn.max_pool`` (with ties) and a NumPy loop.  A ``custom_vjp`` has no forward-mode derivative:
 the second-order hypergradients (a jvp of the weight gradient) keep XLA's
 convolution (``search_setup.depthwise_impl``).
 """
@@ -100,3 +103,53 @@ def _conv_bwd(stride, dilation, padding, res, g):
 
 
 depthwise_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+  """``nn.max_pool(x, (3, 3), (s, s), padding=((1, 1), (1, 1)))``, NHWC, as
+  a 3-tap max along the width, then along the height.
+
+  Separable: the maximum of a window is the maximum of its rows' maxima, and
+  the gradient goes to the first row (top to bottom) whose maximum attains it
+  and, in that row, to the first column that does: the window's first
+  maximum in row-major order, where XLA's ``select_and_scatter`` (``ge``) and
+  PyTorch's ``max_pool2d`` put it.  Each 3-tap max has a hand-written
+  backward (``_max3``): XLA:CPU computes the 2-D pooling's gradient as an
+  index-tracking ``reduce_window`` and a scatter, which cost several times
+  the forward pass.
+  """
+  return _max3(_max3(x, 2, stride), 1, stride)
+
+
+def _max3_taps(x, axis, stride, pad_value):
+  n = x.shape[axis]
+  out = (n - 1) // stride + 1
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = (1, 1)
+  xp = jnp.pad(x, pads, constant_values=pad_value)
+  taps = []
+  for t in range(3):
+    start, limit, step = [0] * x.ndim, list(xp.shape), [1] * x.ndim
+    start[axis], limit[axis], step[axis] = t, t + stride * (out - 1) + 1, stride
+    taps.append(lax.slice(xp, start, limit, step))
+  return taps
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _max3(x: jax.Array, axis: int, stride: int) -> jax.Array:
+  """``y[i] = max(x[s i - 1], x[s i], x[s i + 1])`` along ``axis`` (-inf
+  outside)."""
+  a, b, c = _max3_taps(x, axis, stride, -jnp.inf)
+  return jnp.maximum(jnp.maximum(a, b), c)
+
+
+@_max3.defjvp
+def _max3_jvp(axis, stride, primals, tangents):
+  """The tangent of the first tap attaining the maximum.  Its transpose (the
+  backward pass JAX derives) puts each output's gradient on that tap: three
+  selects and three pads, fused by XLA."""
+  (x,), (tx,) = primals, tangents
+  a, b, c = _max3_taps(x, axis, stride, -jnp.inf)
+  y = jnp.maximum(jnp.maximum(a, b), c)
+  ta, tb, tc = _max3_taps(tx, axis, stride, 0.0)
+  return y, jnp.where(a == y, ta, jnp.where(b == y, tb, tc))
