@@ -78,6 +78,7 @@ def test_every_retraining_key_refuses_its_bad_values(key, value):
 def test_the_rules_cover_every_key_of_the_defaults():
   """A key added to a config later needs a rule (or a choice check)."""
   choices = {"dataset", "data_dir", "op_set", "topology", "compute_dtype", "depthwise_impl",
+             "arch_grads_program",
              "arch_gradient", "selection", "hypergrad.solver", "arch_optimizer.name",
              "arch_optimizer.reg_type", "pt.schedule", "budget.metric"}
   ruled = {k.partition("@")[0] for k, _ in _search_rules()} | choices
@@ -104,6 +105,10 @@ def test_unknown_names_are_refused():
     train.validate_config(config)
   config.depthwise_impl, config.arch_gradient = "shifted", "darts_second_order"
   with pytest.raises(train.ConfigError, match="depthwise_impl='shifted' has no forward-mode"):
+    train.validate_config(config)
+  config = config_defaults.base_config()
+  config.arch_grads_program = "split"
+  with pytest.raises(train.ConfigError, match="unknown arch_grads_program 'split'"):
     train.validate_config(config)
   config = config_defaults.base_config()
   config.arch_optimizer.name, config.arch_optimizer.reg_type = "drnas", "l1"

@@ -2,11 +2,13 @@
 
 One step is a weight step on a batch of the weights half (DARTS's momentum
 SGD) and an architecture step on a batch of the architecture half, through
-the search's ``ArchOptimizer``.  One gradient program serves both: it
-returns the loss, the gradient w.r.t. the network weights and the gradient
-w.r.t. a copy of the mixture weights per cell replica and example
-(``[replicas, batch, edges, experts]``), so XLA compiles the supernet's
-backward pass once.
+the search's ``ArchOptimizer``.  The gradient program returns the loss, the
+gradient w.r.t. the network weights and the gradient w.r.t. a copy of the
+mixture weights per cell replica and example (``[replicas, batch, edges,
+experts]``).  The architecture step runs either the same program (one
+compilation of the supernet's backward pass) or one that differentiates the
+mixture weights only (``search_setup.separate_arch_program``: a second
+compilation, and a step that skips the weights' gradients).
 
 The pieces are module-level functions of the (static) ``Search``;
 ``step_functions(search)`` jits them once per network structure and returns
@@ -27,19 +29,22 @@ from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import optim
 from xnas_jax.arch_optimizers import ARCH_FIRST, WEIGHTS_FIRST
-from xnas_jax.search_setup import COMPUTE_DTYPES, Search, live_masks, weight_schedule
+from xnas_jax.search_setup import COMPUTE_DTYPES, Search, live_masks, separate_arch_program
+from xnas_jax.search_setup import weight_schedule
 from xnas_jax.search_space import CELL_TYPES
 from xnas_jax.supernet import Supernet
 
 PyTree = Any
 
 
-def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32") -> Callable:
+def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32",
+                      weight_grads: bool = True) -> Callable:
   """The search's gradient program (unjitted): ``(params, batch_stats, u_full,
   masks, x, y, rng) -> (loss, correct, g_params, g_u, new_batch_stats)``.
 
   ``loss`` is the summed cross-entropy; ``g_u`` its gradient w.r.t. the
-  per-replica, per-example copies ``u_full`` of the mixture weights.
+  per-replica, per-example copies ``u_full`` of the mixture weights;
+  ``g_params`` is None with ``weight_grads=False``.
 
   ``compute_dtype="bfloat16"`` runs the supernet in bfloat16: parameters,
   mixture weights and images are cast on the way in (so their gradients come
@@ -57,8 +62,9 @@ def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32") -> Callable
       logits = logits.astype(jnp.float32)
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       return jnp.sum(losses), (new_stats, jnp.sum(jnp.argmax(logits, -1) == y))
-    (loss, (new_stats, correct)), (g_params, g_u) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(params, u_full)
+    (loss, (new_stats, correct)), grads = jax.value_and_grad(
+        loss_fn, argnums=(0, 1) if weight_grads else 1, has_aux=True)(params, u_full)
+    g_params, g_u = grads if weight_grads else (None, grads)
     return loss, correct, g_params, g_u, new_stats
   return loss_and_grads
 
@@ -182,6 +188,7 @@ class StepFunctions(NamedTuple):
   """The jitted pieces of a search (``step_functions``)."""
   prepare: Callable
   grads: Callable
+  arch_grads: Callable  # the architecture step's: ``grads`` or one without g_params
   full_weights: Callable
   run_masks: Callable | None  # None: the forward passes run the live experts
   weight_update: Callable
@@ -195,9 +202,14 @@ def step_functions(search: Search) -> StepFunctions:
   """The search's functions jitted for its network structure (built once;
   again after a rebuild drops ops)."""
   bind = lambda f: functools.partial(f, search)
+  dtype = search.config.compute_dtype
+  grads = jax.jit(loss_and_grads_fn(search.net, dtype))
+  separate = separate_arch_program(search.config, search.steps_per_epoch)
   return StepFunctions(
       prepare=jax.jit(bind(prepare), static_argnums=6),
-      grads=jax.jit(loss_and_grads_fn(search.net, search.config.compute_dtype)),
+      grads=grads,
+      arch_grads=(jax.jit(loss_and_grads_fn(search.net, dtype, weight_grads=False))
+                  if separate else grads),
       full_weights=jax.jit(bind(full_weights), static_argnums=3),
       run_masks=(jax.jit(bind(run_masks)) if search.arch_opt.run_masks is not None else None),
       weight_update=jax.jit(bind(weight_update), donate_argnums=(0, 1), static_argnums=3),
@@ -232,8 +244,8 @@ def weights_first_step(search: Search, fns: StepFunctions, state: PyTree, train_
       state["params"], state["batch_stats"], u_full, run, x, y, k_noise1)
   params, opt_state = fns.weight_update(state["params"], state["opt_state"], g_params, b)
   xv, yv = fns.prepare(*val_data, val_idx, k_val, True)
-  vloss, vcorrect, gv_params, g_u, _ = fns.grads(params, new_stats, u_full, run, xv, yv,
-                                                 k_noise2)
+  vloss, vcorrect, gv_params, g_u, _ = fns.arch_grads(params, new_stats, u_full, run, xv, yv,
+                                                      k_noise2)
   corr = None
   if fns.correction is not None:  # second-order, amended or implicit hypergradient
     corr = fns.correction(params, new_stats, state["arch"], masks, (x, y), (xv, yv), gv_params,
@@ -257,7 +269,7 @@ def arch_first_step(search: Search, fns: StepFunctions, state: PyTree, train_dat
   x, y = fns.prepare(*train_data, train_idx, k_tr, True)
   xv, yv = fns.prepare(*val_data, val_idx, k_val, True)
   u_val = fns.full_weights(state["arch"], masks, k_arch, b, state["step"])
-  vloss, vcorrect, gv_params, g_u, stats = fns.grads(
+  vloss, vcorrect, gv_params, g_u, stats = fns.arch_grads(
       state["params"], state["batch_stats"], u_val,
       _run_masks(fns, state["arch"], masks, k_arch, state["step"]), xv, yv, k_noise2)
   corr = None

@@ -47,7 +47,8 @@ SearchDiverged = search_metrics.SearchDiverged
 # devices share the batch and how depthwise convolutions are computed (float
 # summation order only), and the selection run after the search.  Anything
 # else (more epochs change XNAS's horizon T and its rates) is another run.
-RESUMABLE_KEYS = frozenset({"data_dir", "num_devices", "depthwise_impl", "selection",
+RESUMABLE_KEYS = frozenset({"data_dir", "num_devices", "depthwise_impl", "arch_grads_program",
+                            "selection",
                             "tensorboard", "figures",
                             "pt.schedule", "pt.tune_epochs", "pt.learning_rate",
                             "pt.train_arch"})

@@ -1,0 +1,43 @@
+"""The architecture step's own gradient program (mixture weights only)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xnas_jax import search_setup
+from xnas_jax import search_steps
+from search_configs import tiny_config
+
+
+def test_mixture_only_program_gives_the_shared_programs_loss_rewards_and_statistics():
+  search = search_setup.build_search(tiny_config())
+  state = search_setup.init_state(search, jax.random.key(0))
+  d, b = search.data, 16
+  x = (jnp.asarray(d.train.images[:b]) - d.mean) / d.std
+  y = jnp.asarray(d.train.labels[:b])
+  masks = search.net.default_masks()
+  u = search_steps.per_copy_weights(search.net, search.mixture(state["arch"], masks), b)
+  args = (state["params"], state["batch_stats"], u, masks, x, y, jax.random.key(1))
+  full = jax.jit(search_steps.loss_and_grads_fn(search.net))(*args)
+  only_u = jax.jit(search_steps.loss_and_grads_fn(search.net, weight_grads=False))(*args)
+  assert only_u[2] is None
+  for i in (0, 1, 3, 4):  # loss, correct, g_u, new batch statistics
+    for a, r in zip(jax.tree.leaves(only_u[i]), jax.tree.leaves(full[i])):
+      np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_the_separate_program_is_chosen_for_long_first_order_searches_only():
+  c = tiny_config()
+  long_search = search_setup.ARCH_PROGRAM_MIN_STEPS // c.epochs
+  assert search_setup.separate_arch_program(c, long_search)
+  assert not search_setup.separate_arch_program(c, long_search - 1)
+  c.arch_grads_program = "separate"
+  assert search_setup.separate_arch_program(c, 1)
+  c.arch_gradient = "amended"  # needs the validation batch's weight gradient
+  assert not search_setup.separate_arch_program(c, long_search)
+  c = tiny_config(arch_grads_program="shared")
+  assert not search_setup.separate_arch_program(c, long_search)
+  fns = search_steps.step_functions(search_setup.build_search(c))
+  assert fns.arch_grads is fns.grads
+  fns = search_steps.step_functions(search_setup.build_search(
+      tiny_config(arch_grads_program="separate")))
+  assert fns.arch_grads is not fns.grads
