@@ -1,4 +1,5 @@
-"""The architecture step's own gradient program (mixture weights only)."""
+"""The weight and architecture steps' own gradient programs (each
+differentiating only what its step uses)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,7 @@ from xnas_jax import search_steps
 from search_configs import tiny_config
 
 
-def test_mixture_only_program_gives_the_shared_programs_loss_rewards_and_statistics():
+def test_each_steps_program_gives_what_the_shared_program_gives():
   search = search_setup.build_search(tiny_config())
   state = search_setup.init_state(search, jax.random.key(0))
   d, b = search.data, 16
@@ -19,10 +20,12 @@ def test_mixture_only_program_gives_the_shared_programs_loss_rewards_and_statist
   args = (state["params"], state["batch_stats"], u, masks, x, y, jax.random.key(1))
   full = jax.jit(search_steps.loss_and_grads_fn(search.net))(*args)
   only_u = jax.jit(search_steps.loss_and_grads_fn(search.net, weight_grads=False))(*args)
-  assert only_u[2] is None
-  for i in (0, 1, 3, 4):  # loss, correct, g_u, new batch statistics
-    for a, r in zip(jax.tree.leaves(only_u[i]), jax.tree.leaves(full[i])):
-      np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+  only_w = jax.jit(search_steps.loss_and_grads_fn(search.net, mixture_grads=False))(*args)
+  assert only_u[2] is None and only_w[3] is None
+  for part, kept in ((only_u, (0, 1, 3, 4)), (only_w, (0, 1, 2, 4))):
+    for i in kept:  # loss, correct, g_params or g_u, new batch statistics
+      for a, r in zip(jax.tree.leaves(part[i]), jax.tree.leaves(full[i])):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
 
 
 def test_the_separate_program_is_chosen_for_long_first_order_searches_only():
@@ -37,7 +40,7 @@ def test_the_separate_program_is_chosen_for_long_first_order_searches_only():
   c = tiny_config(arch_grads_program="shared")
   assert not search_setup.separate_arch_program(c, long_search)
   fns = search_steps.step_functions(search_setup.build_search(c))
-  assert fns.arch_grads is fns.grads
+  assert fns.arch_grads is fns.grads and fns.weight_grads is fns.grads
   fns = search_steps.step_functions(search_setup.build_search(
       tiny_config(arch_grads_program="separate")))
-  assert fns.arch_grads is not fns.grads
+  assert fns.arch_grads is not fns.grads and fns.weight_grads is not fns.grads

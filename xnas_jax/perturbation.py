@@ -308,7 +308,8 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
     decided and pruned edges (whose weights no longer come from ``arch``) is 0."""
     xb, yb = fns.prepare(*val_data, jax.random.choice(k, len(data.val), (b,), replace=False), k,
                          True)
-    _, _, _, g_u, _ = fns.grads(tuned["params"], tuned["batch_stats"], u_full, masks, xb, yb, k)
+    _, _, _, g_u, _ = fns.arch_grads(tuned["params"], tuned["batch_stats"], u_full, masks, xb, yb,
+                                     k)
     g_u = {t: jnp.where(decided[t][:, None], 0.0, g) for t, g in g_u.items()}
     tuned["arch"], tuned["arch_opt_state"] = fns.arch_update(
         tuned["arch"], tuned["arch_opt_state"], g_u, live0, None, None)
@@ -331,8 +332,8 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
           u = {t: jnp.where(decided[t][:, None], u[t], u_arch[t]) for t in CELL_TYPES}
           u_full = search_steps.per_copy_weights(net, u, b)
         x, y = fns.prepare(*train_data, jnp.asarray(idx), k_aug, True)
-        _, _, g_params, _, stats = fns.grads(tuned["params"], tuned["batch_stats"], u_full,
-                                             masks, x, y, k_noise)
+        _, _, g_params, _, stats = fns.weight_grads(tuned["params"], tuned["batch_stats"],
+                                                    u_full, masks, x, y, k_noise)
         tuned["params"], tuned["opt_state"] = apply_update(tuned["params"],
                                                            tuned["opt_state"], g_params)
         tuned["batch_stats"] = stats

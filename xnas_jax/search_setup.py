@@ -128,15 +128,16 @@ def depthwise_impl(config: ml_collections.ConfigDict) -> str:
 ARCH_GRADS_PROGRAMS = ("auto", "shared", "separate")
 # A first-order architecture step that differentiates the mixture weights only
 # skips the weights' gradients (the depthwise kernels' reductions, the 1x1
-# convolutions' kernel products): at the CIFAR-10 search shape, batch 16, the
-# XNAS step takes 3.0 s instead of 3.7 s on 2 CPU cores, for 24 s more
-# compilation, repaid after about 40 steps; on the digits search (110 steps of
-# a network ~15x cheaper) it would not be.
+# convolutions' kernel products), and a weight step that differentiates the
+# weights only skips the per-example rewards: at the CIFAR-10 search shape,
+# batch 16, the XNAS step takes 3.0 s instead of 3.7 s on 2 CPU cores, for
+# 24 s more compilation, repaid after about 40 steps; on the digits search
+# (110 steps of a network ~15x cheaper) it would not be.
 ARCH_PROGRAM_MIN_STEPS = 1000
 
 
 def separate_arch_program(config: ml_collections.ConfigDict, steps_per_epoch: int) -> bool:
-  """Whether the architecture step gets its own gradient program
+  """Whether the weight and architecture steps get a gradient program each
   (``config.arch_grads_program``).  Never with a hypergradient correction,
   which needs the validation batch's weight gradient."""
   if config.arch_gradient in hypergrad.CORRECTIONS or config.arch_grads_program == "shared":

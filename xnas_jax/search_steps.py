@@ -5,10 +5,11 @@ SGD) and an architecture step on a batch of the architecture half, through
 the search's ``ArchOptimizer``.  The gradient program returns the loss, the
 gradient w.r.t. the network weights and the gradient w.r.t. a copy of the
 mixture weights per cell replica and example (``[replicas, batch, edges,
-experts]``).  The architecture step runs either the same program (one
-compilation of the supernet's backward pass) or one that differentiates the
-mixture weights only (``search_setup.separate_arch_program``: a second
-compilation, and a step that skips the weights' gradients).
+experts]``).  Both steps run either this program (one compilation of the
+supernet's backward pass) or, with ``search_setup.separate_arch_program``,
+one each that differentiates only what the step uses: the weights, the
+mixture weights (a second compilation, and steps that skip the other
+gradient).
 
 The pieces are module-level functions of the (static) ``Search``;
 ``step_functions(search)`` jits them once per network structure and returns
@@ -38,13 +39,14 @@ PyTree = Any
 
 
 def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32",
-                      weight_grads: bool = True) -> Callable:
+                      weight_grads: bool = True, mixture_grads: bool = True) -> Callable:
   """The search's gradient program (unjitted): ``(params, batch_stats, u_full,
   masks, x, y, rng) -> (loss, correct, g_params, g_u, new_batch_stats)``.
 
   ``loss`` is the summed cross-entropy; ``g_u`` its gradient w.r.t. the
   per-replica, per-example copies ``u_full`` of the mixture weights;
-  ``g_params`` is None with ``weight_grads=False``.
+  ``g_params`` is None with ``weight_grads=False``, ``g_u`` with
+  ``mixture_grads=False`` (each then costs nothing).
 
   ``compute_dtype="bfloat16"`` runs the supernet in bfloat16: parameters,
   mixture weights and images are cast on the way in (so their gradients come
@@ -62,9 +64,10 @@ def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32",
       logits = logits.astype(jnp.float32)
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       return jnp.sum(losses), (new_stats, jnp.sum(jnp.argmax(logits, -1) == y))
+    argnums = tuple(i for i, on in enumerate((weight_grads, mixture_grads)) if on)
     (loss, (new_stats, correct)), grads = jax.value_and_grad(
-        loss_fn, argnums=(0, 1) if weight_grads else 1, has_aux=True)(params, u_full)
-    g_params, g_u = grads if weight_grads else (None, grads)
+        loss_fn, argnums=argnums, has_aux=True)(params, u_full)
+    g_params, g_u = (grads[argnums.index(i)] if i in argnums else None for i in (0, 1))
     return loss, correct, g_params, g_u, new_stats
   return loss_and_grads
 
@@ -188,6 +191,7 @@ class StepFunctions(NamedTuple):
   """The jitted pieces of a search (``step_functions``)."""
   prepare: Callable
   grads: Callable
+  weight_grads: Callable  # the weight step's: ``grads`` or one without g_u
   arch_grads: Callable  # the architecture step's: ``grads`` or one without g_params
   full_weights: Callable
   run_masks: Callable | None  # None: the forward passes run the live experts
@@ -208,6 +212,8 @@ def step_functions(search: Search) -> StepFunctions:
   return StepFunctions(
       prepare=jax.jit(bind(prepare), static_argnums=6),
       grads=grads,
+      weight_grads=(jax.jit(loss_and_grads_fn(search.net, dtype, mixture_grads=False))
+                    if separate else grads),
       arch_grads=(jax.jit(loss_and_grads_fn(search.net, dtype, weight_grads=False))
                   if separate else grads),
       full_weights=jax.jit(bind(full_weights), static_argnums=3),
@@ -240,7 +246,7 @@ def weights_first_step(search: Search, fns: StepFunctions, state: PyTree, train_
   u_full = fns.full_weights(state["arch"], masks, k_arch, b, state["step"])
   run = _run_masks(fns, state["arch"], masks, k_arch, state["step"])
   x, y = fns.prepare(*train_data, train_idx, k_tr, True)
-  loss, correct, g_params, _, new_stats = fns.grads(
+  loss, correct, g_params, _, new_stats = fns.weight_grads(
       state["params"], state["batch_stats"], u_full, run, x, y, k_noise1)
   params, opt_state = fns.weight_update(state["params"], state["opt_state"], g_params, b)
   xv, yv = fns.prepare(*val_data, val_idx, k_val, True)
@@ -280,7 +286,7 @@ def arch_first_step(search: Search, fns: StepFunctions, state: PyTree, train_dat
                                          k_arch, corr, state["step"])
   masks = live_masks(search, {"arch_opt_state": arch_opt_state})
   u_train = fns.full_weights(arch, masks, k_arch2, b, state["step"])
-  loss, correct, g_params, _, new_stats = fns.grads(
+  loss, correct, g_params, _, new_stats = fns.weight_grads(
       state["params"], stats, u_train, _run_masks(fns, arch, masks, k_arch2, state["step"]),
       x, y, k_noise1)
   params, opt_state = fns.weight_update(state["params"], state["opt_state"], g_params, b)
