@@ -130,8 +130,9 @@ def main():
       continue
     table[(_kind(op), _phase(op))] += us
   total = sum(table.values())
-  print(f"{args.row}, batch {args.batch}, {jax.devices()[0].platform}: traced step {wall * 1e3:.0f} ms "
-        f"(wall, under the profiler); operations' self time {total / 1e3:.0f} ms over all threads")
+  print(f"{args.row}, batch {args.batch}, {jax.devices()[0].platform}: traced step "
+        f"{wall * 1e3:.0f} ms (wall, under the profiler); operations' self time "
+        f"{total / 1e3:.0f} ms over all threads")
   phases = ("forward", "recompute", "backward")
   print("| kind | " + " | ".join(f"{p} ms" for p in phases) + " | total ms | share |")
   print("|---|" + "---|" * (len(phases) + 2))

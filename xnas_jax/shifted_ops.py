@@ -20,9 +20,10 @@ kernel gradient a reduction of its own slice, so XLA:CPU materializes the
 
 ``benchmarks/search_step.py`` and ``benchmarks/step_profile.py`` measure the
 effect; ``tests/test_ops.py`` checks values and gradients against XLA's grouped
-convolution, ``nn.max_pool`` (with ties) and a NumPy loop.  A ``custom_vjp`` has no forward-mode derivative:
-the second-order hypergradients (a jvp of the weight gradient) keep XLA's
-convolution (``search_setup.depthwise_impl``).
+convolution, ``nn.max_pool`` (with ties) and a NumPy loop.  The convolution's
+``custom_vjp`` has no forward-mode derivative: the second-order hypergradients
+(a jvp of the weight gradient) keep XLA's convolution
+(``search_setup.depthwise_impl``).  The pooling's ``custom_jvp`` has one.
 """
 from __future__ import annotations
 
