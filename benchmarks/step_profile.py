@@ -3,7 +3,8 @@
 Runs one row of ``search_step.py`` (same config, synthetic 32x32 data), traces
 one step after a warm-up with ``jax.profiler`` and attributes the self time of
 every XLA operation the trace records to a kind, read from the HLO metadata
-of the compiled programs (XLA's dump, written to a temporary folder): which
+of the compiled programs (XLA's dump, written to a temporary folder; the
+trace names each operation's module): which
 expert or layer the operation came from (``op_name``), and whether it runs in
 the forward pass, the rematerialized forward inside the backward pass, or
 the backward pass.  Times are summed over the CPU's worker threads, so the
@@ -35,17 +36,21 @@ KINDS = (  # (kind, pattern on the op_name), first match wins
 )
 
 
-def _op_names(dump_dir: str) -> dict[str, str]:
-  """Instruction name -> op_name metadata, from the largest optimized module."""
-  files = glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt"))
-  if not files:
-    return {}
+def _op_names(dump_dir: str) -> dict[tuple[str, str], str]:
+  """(module name, instruction name) -> op_name metadata, over the optimized
+  modules of the dump (the largest of those sharing a name)."""
+  largest = {}
+  for path in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt")):
+    module = os.path.basename(path).split(".")[1]  # module_NNNN.<name>.cpu_after_...
+    if module not in largest or os.path.getsize(path) > os.path.getsize(largest[module]):
+      largest[module] = path
   names = {}
-  with open(max(files, key=os.path.getsize)) as f:
-    for line in f:
-      m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"', line)
-      if m:
-        names[m.group(1)] = m.group(2)
+  for module, path in largest.items():
+    with open(path) as f:
+      for line in f:
+        m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"', line)
+        if m:
+          names[(module, m.group(1))] = m.group(2)
   return names
 
 
@@ -63,7 +68,7 @@ def _kind(op_name: str) -> str:
 
 
 def _self_times(trace_file: str) -> collections.Counter:
-  """Self time (us) per operation name, nested events subtracted."""
+  """Self time (us) per (module, operation), nested events subtracted."""
   events = [e for e in json.load(gzip.open(trace_file))["traceEvents"] if e.get("ph") == "X"]
   by_thread = collections.defaultdict(list)
   for e in events:
@@ -80,7 +85,7 @@ def _self_times(trace_file: str) -> collections.Counter:
         stack[-1]["self"] -= e["dur"]
       stack.append(e)
     for e in evs:
-      times[e["name"]] += e["self"]
+      times[(e.get("args", {}).get("hlo_module", ""), e["name"])] += e["self"]
   return times
 
 
@@ -120,11 +125,11 @@ def main():
   op_names = _op_names(f"{work}/hlo")
   trace = glob.glob(f"{work}/trace/plugins/profile/*/*.trace.json.gz")[0]
   table = collections.Counter()
-  for name, us in _self_times(trace).items():
+  for (module, name), us in _self_times(trace).items():
     if name.startswith(("ThunkExecutor", "$", "SlinkyThreadPool", "end:")) or name.startswith(
         ("Pjit", "CommonPjRt", "Handle", "Allocate", "Wait", "Python", "Parse", "DevicePut")):
       continue
-    op = op_names.get(name)
+    op = op_names.get((module, name))
     if op is None:
       table[("other", "-")] += us
       continue

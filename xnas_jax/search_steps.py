@@ -69,6 +69,10 @@ def loss_and_grads_fn(net: Supernet, compute_dtype: str = "float32",
         loss_fn, argnums=argnums, has_aux=True)(params, u_full)
     g_params, g_u = (grads[argnums.index(i)] if i in argnums else None for i in (0, 1))
     return loss, correct, g_params, g_u, new_stats
+  # Named for what it differentiates (the compiled module's name in profiles).
+  loss_and_grads.__name__ = loss_and_grads.__qualname__ = (
+      "loss_and_grads" if weight_grads and mixture_grads
+      else "weight_grads" if weight_grads else "mixture_grads")
   return loss_and_grads
 
 
