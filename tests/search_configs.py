@@ -20,6 +20,20 @@ def tiny_config(**overrides):
   return c
 
 
+def gradient_program_args(search, state, b=16):
+  """The arguments of ``search_steps.loss_and_grads_fn``'s program for the
+  first ``b`` training images at the state's mixture weights."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from xnas_jax import search_steps  # pylint: disable=import-outside-toplevel
+  d = search.data
+  x = (jnp.asarray(d.train.images[:b]) - d.mean) / d.std
+  y = jnp.asarray(d.train.labels[:b])
+  masks = search.net.default_masks()
+  u = search_steps.per_copy_weights(search.net, search.mixture(state["arch"], masks), b)
+  return (state["params"], state["batch_stats"], u, masks, x, y, jax.random.key(1))
+
+
 def wiping_config(rebuild_wiped=True):
   """zeta -> 0 closes the wipeout gap: after one step a single expert per edge
   survives, so some ops are wiped on every edge and the search rebuilds."""

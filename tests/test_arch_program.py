@@ -1,23 +1,17 @@
 """The weight and architecture steps' own gradient programs (each
 differentiating only what its step uses)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from xnas_jax import search_setup
 from xnas_jax import search_steps
-from search_configs import tiny_config
+from search_configs import gradient_program_args, tiny_config
 
 
 def test_each_steps_program_gives_what_the_shared_program_gives():
   search = search_setup.build_search(tiny_config())
   state = search_setup.init_state(search, jax.random.key(0))
-  d, b = search.data, 16
-  x = (jnp.asarray(d.train.images[:b]) - d.mean) / d.std
-  y = jnp.asarray(d.train.labels[:b])
-  masks = search.net.default_masks()
-  u = search_steps.per_copy_weights(search.net, search.mixture(state["arch"], masks), b)
-  args = (state["params"], state["batch_stats"], u, masks, x, y, jax.random.key(1))
+  args = gradient_program_args(search, state)
   full = jax.jit(search_steps.loss_and_grads_fn(search.net))(*args)
   only_u = jax.jit(search_steps.loss_and_grads_fn(search.net, weight_grads=False))(*args)
   only_w = jax.jit(search_steps.loss_and_grads_fn(search.net, mixture_grads=False))(*args)
@@ -30,15 +24,15 @@ def test_each_steps_program_gives_what_the_shared_program_gives():
 
 def test_the_separate_program_is_chosen_for_long_first_order_searches_only():
   c = tiny_config()
-  long_search = search_setup.ARCH_PROGRAM_MIN_STEPS // c.epochs
-  assert search_setup.separate_arch_program(c, long_search)
-  assert not search_setup.separate_arch_program(c, long_search - 1)
+  long_search = search_setup.STEP_PROGRAMS_MIN_STEPS // c.epochs
+  assert search_setup.separate_step_programs(c, long_search)
+  assert not search_setup.separate_step_programs(c, long_search - 1)
   c.arch_grads_program = "separate"
-  assert search_setup.separate_arch_program(c, 1)
+  assert search_setup.separate_step_programs(c, 1)
   c.arch_gradient = "amended"  # needs the validation batch's weight gradient
-  assert not search_setup.separate_arch_program(c, long_search)
+  assert not search_setup.separate_step_programs(c, long_search)
   c = tiny_config(arch_grads_program="shared")
-  assert not search_setup.separate_arch_program(c, long_search)
+  assert not search_setup.separate_step_programs(c, long_search)
   fns = search_steps.step_functions(search_setup.build_search(c))
   assert fns.arch_grads is fns.grads and fns.weight_grads is fns.grads
   fns = search_steps.step_functions(search_setup.build_search(

@@ -7,7 +7,7 @@ import pytest
 from xnas_jax import search_setup
 from xnas_jax import search_steps
 from xnas_jax import train
-from search_configs import tiny_config
+from search_configs import gradient_program_args, tiny_config
 
 
 def _cosine(a, b):
@@ -19,12 +19,7 @@ def _cosine(a, b):
 def test_bfloat16_gradients_match_float32_and_come_back_in_float32():
   search = search_setup.build_search(tiny_config())
   state = search_setup.init_state(search, jax.random.key(0))
-  d, b = search.data, 16
-  x = (jnp.asarray(d.train.images[:b]) - d.mean) / d.std
-  y = jnp.asarray(d.train.labels[:b])
-  masks = search.net.default_masks()
-  u = search_steps.per_copy_weights(search.net, search.mixture(state["arch"], masks), b)
-  args = (state["params"], state["batch_stats"], u, masks, x, y, jax.random.key(1))
+  args = gradient_program_args(search, state)
   ref = jax.jit(search_steps.loss_and_grads_fn(search.net))(*args)
   low = jax.jit(search_steps.loss_and_grads_fn(search.net, "bfloat16"))(*args)
   assert float(low[0]) == pytest.approx(float(ref[0]), rel=2e-2)

@@ -60,12 +60,12 @@ def base_config() -> ml_collections.ConfigDict:
   # auto | shifted | grouped | dense: how depthwise convolutions are computed
   # (xnas_jax.ops.depthwise_conv; "auto" is the measured choice per backend).
   config.depthwise_impl = "auto"
-  # auto | shared | separate: whether the architecture step runs the weight
-  # step's gradient program (which also differentiates the network weights)
-  # or its own, which differentiates the mixture weights only: one more
-  # compilation for a cheaper step.  "auto": separate for first-order
-  # searches of at least ARCH_PROGRAM_MIN_STEPS architecture steps
-  # (xnas_jax.search_setup.separate_arch_program).
+  # auto | shared | separate: whether the weight and architecture steps share
+  # one gradient program (weights and mixture weights) or run one each that
+  # differentiates only what the step uses: one more compilation for cheaper
+  # steps.  "auto": separate for first-order searches of at least
+  # STEP_PROGRAMS_MIN_STEPS architecture steps
+  # (xnas_jax.search_setup.separate_step_programs).
   config.arch_grads_program = "auto"
   # PC-DARTS (xnas_jax.supernet, xnas_jax.edge_norm): partial_channels K > 1
   # sends C/K channels of every edge through its mixed op; edge_norm weighs

@@ -201,7 +201,7 @@ class FactorizedReduce(nn.Module):
 
 
 # 3x3 max pooling per backend: "separable" (``shifted_ops.max_pool_3x3``, two
-# 3-tap maxima with hand-written backward passes; XLA:CPU's own gradient of
+# 3-tap maxima with a hand-written jvp; XLA:CPU's own gradient of
 # reduce_window is an index-tracking reduce_window plus a scatter) or XLA's
 # reduce_window where none is recorded.
 MAX_POOL_AUTO = {"cpu": "separable"}
@@ -221,10 +221,10 @@ class Pool(nn.Module):
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     pad = ((1, 1), (1, 1))
     dtype = x.dtype
-    if self.kind == "max" and MAX_POOL_AUTO.get(jax.default_backend()) == "separable":
-      x = shifted_ops.max_pool_3x3(x, self.stride)
-    elif self.kind == "max":
-      x = nn.max_pool(x, (3, 3), (self.stride,) * 2, padding=pad)
+    if self.kind == "max":
+      x = (shifted_ops.max_pool_3x3(x, self.stride)
+           if MAX_POOL_AUTO.get(jax.default_backend()) == "separable"
+           else nn.max_pool(x, (3, 3), (self.stride,) * 2, padding=pad))
     else:
       # (The divisor counts are float32; keep the input's dtype.)
       x = nn.avg_pool(x, (3, 3), (self.stride,) * 2, padding=pad,

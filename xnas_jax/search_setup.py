@@ -133,17 +133,17 @@ ARCH_GRADS_PROGRAMS = ("auto", "shared", "separate")
 # batch 16, the XNAS step takes 3.0 s instead of 3.7 s on 2 CPU cores, for
 # 24 s more compilation, repaid after about 40 steps; on the digits search
 # (110 steps of a network ~15x cheaper) it would not be.
-ARCH_PROGRAM_MIN_STEPS = 1000
+STEP_PROGRAMS_MIN_STEPS = 1000
 
 
-def separate_arch_program(config: ml_collections.ConfigDict, steps_per_epoch: int) -> bool:
+def separate_step_programs(config: ml_collections.ConfigDict, steps_per_epoch: int) -> bool:
   """Whether the weight and architecture steps get a gradient program each
   (``config.arch_grads_program``).  Never with a hypergradient correction,
   which needs the validation batch's weight gradient."""
   if config.arch_gradient in hypergrad.CORRECTIONS or config.arch_grads_program == "shared":
     return False
   return (config.arch_grads_program == "separate"
-          or steps_per_epoch * config.epochs >= ARCH_PROGRAM_MIN_STEPS)
+          or steps_per_epoch * config.epochs >= STEP_PROGRAMS_MIN_STEPS)
 
 
 def weight_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:

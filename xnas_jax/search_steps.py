@@ -6,7 +6,7 @@ the search's ``ArchOptimizer``.  The gradient program returns the loss, the
 gradient w.r.t. the network weights and the gradient w.r.t. a copy of the
 mixture weights per cell replica and example (``[replicas, batch, edges,
 experts]``).  Both steps run either this program (one compilation of the
-supernet's backward pass) or, with ``search_setup.separate_arch_program``,
+supernet's backward pass) or, with ``search_setup.separate_step_programs``,
 one each that differentiates only what the step uses: the weights, the
 mixture weights (a second compilation, and steps that skip the other
 gradient).
@@ -30,7 +30,7 @@ from xnas_jax import hypergrad
 from xnas_jax import input_pipeline
 from xnas_jax import optim
 from xnas_jax.arch_optimizers import ARCH_FIRST, WEIGHTS_FIRST
-from xnas_jax.search_setup import COMPUTE_DTYPES, Search, live_masks, separate_arch_program
+from xnas_jax.search_setup import COMPUTE_DTYPES, Search, live_masks, separate_step_programs
 from xnas_jax.search_setup import weight_schedule
 from xnas_jax.search_space import CELL_TYPES
 from xnas_jax.supernet import Supernet
@@ -212,7 +212,7 @@ def step_functions(search: Search) -> StepFunctions:
   bind = lambda f: functools.partial(f, search)
   dtype = search.config.compute_dtype
   grads = jax.jit(loss_and_grads_fn(search.net, dtype))
-  separate = separate_arch_program(search.config, search.steps_per_epoch)
+  separate = separate_step_programs(search.config, search.steps_per_epoch)
   return StepFunctions(
       prepare=jax.jit(bind(prepare), static_argnums=6),
       grads=grads,

@@ -1,8 +1,9 @@
 """Depthwise convolution and 3x3 max pooling as shifted slices, with
-hand-written backward passes (``jax.custom_vjp``) for XLA:CPU.
+hand-written derivatives for XLA:CPU.
 
-Max pooling is two 3-tap maxima (``max_pool_3x3``, whose docstring derives the
-gradient's placement).  The depthwise convolution:
+Max pooling is two 3-tap maxima with a ``jax.custom_jvp`` (``max_pool_3x3``,
+whose docstring derives the gradient's placement).  The depthwise
+convolution has a ``jax.custom_vjp``:
 
 Forward, it is a sum of ``k*k`` strided slices of the padded input times one
 kernel tap each, which XLA fuses into one loop.  Its automatic derivative is
@@ -114,17 +115,17 @@ def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
   the gradient goes to the first row (top to bottom) whose maximum attains it
   and, in that row, to the first column that does: the window's first
   maximum in row-major order, where XLA's ``select_and_scatter`` (``ge``) and
-  PyTorch's ``max_pool2d`` put it.  Each 3-tap max has a hand-written
-  backward (``_max3``): XLA:CPU computes the 2-D pooling's gradient as an
-  index-tracking ``reduce_window`` and a scatter, which cost several times
-  the forward pass.
+  PyTorch's ``max_pool2d`` put it.  Each 3-tap max has a hand-written jvp
+  (``_max3``) whose transpose JAX derives: XLA:CPU computes the 2-D pooling's
+  own gradient as an index-tracking ``reduce_window`` and a scatter, which
+  cost several times the forward pass.
   """
   return _max3(_max3(x, 2, stride), 1, stride)
 
 
 def _max3_taps(x, axis, stride, pad_value):
-  n = x.shape[axis]
-  out = (n - 1) // stride + 1
+  """The three strided slices ``x_pad[s i + t]``, ``t = 0, 1, 2``, along ``axis``."""
+  out = _out_size(x.shape[axis], 3, stride, 1, 1)
   pads = [(0, 0)] * x.ndim
   pads[axis] = (1, 1)
   xp = jnp.pad(x, pads, constant_values=pad_value)
@@ -140,8 +141,13 @@ def _max3_taps(x, axis, stride, pad_value):
 def _max3(x: jax.Array, axis: int, stride: int) -> jax.Array:
   """``y[i] = max(x[s i - 1], x[s i], x[s i + 1])`` along ``axis`` (-inf
   outside)."""
+  return _max3_parts(x, axis, stride)[0]
+
+
+def _max3_parts(x, axis, stride):
+  """``_max3``'s output and the first two of its taps."""
   a, b, c = _max3_taps(x, axis, stride, -jnp.inf)
-  return jnp.maximum(jnp.maximum(a, b), c)
+  return jnp.maximum(jnp.maximum(a, b), c), a, b
 
 
 @_max3.defjvp
@@ -150,7 +156,6 @@ def _max3_jvp(axis, stride, primals, tangents):
   backward pass JAX derives) puts each output's gradient on that tap: three
   selects and three pads, fused by XLA."""
   (x,), (tx,) = primals, tangents
-  a, b, c = _max3_taps(x, axis, stride, -jnp.inf)
-  y = jnp.maximum(jnp.maximum(a, b), c)
+  y, a, b = _max3_parts(x, axis, stride)
   ta, tb, tc = _max3_taps(tx, axis, stride, 0.0)
   return y, jnp.where(a == y, ta, jnp.where(b == y, tb, tc))
