@@ -1,5 +1,7 @@
 """Data parallel over 8 host devices equals one device."""
 import json
+import os
+import sys
 
 import jax
 import numpy as np
@@ -7,6 +9,10 @@ import pytest
 
 from search_configs import tiny_config
 from xnas_jax import parallel, train
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import cpu_dispatch_deadlock  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def test_mesh_and_batch_errors_name_the_bad_value():
@@ -44,7 +50,8 @@ def test_eight_devices_give_the_same_search_as_one(tmp_path):
   assert runs[8]["genotype"] == runs[1]["genotype"]
 
 
-def test_index_batches_move_once_and_nothing_recompiles_after_the_first_epoch(tmp_path):
+def test_index_batches_move_once_and_nothing_recompiles_after_the_first_epoch(
+    tmp_path, monkeypatch):
   mesh = parallel.data_mesh(8)
   batches = np.arange(3 * 16, dtype=np.int32).reshape(3, 16)
   sharded = parallel.shard_batches(batches, mesh)
@@ -53,7 +60,28 @@ def test_index_batches_move_once_and_nothing_recompiles_after_the_first_epoch(tm
     assert len(got.sharding.device_set) == 8 and got.addressable_shards[0].data.shape == (2,)
     np.testing.assert_array_equal(np.asarray(got), want)
   # On 8 devices, as on one, the second epoch compiles nothing (no per-step
-  # eager ops on sharded arrays, whose programs compile per device layout).
+  # eager ops on sharded arrays, whose programs compile per device layout),
+  # and the loop waits on each step (parallel.step_throttle).
+  waited, real = [], parallel.step_throttle
+  monkeypatch.setattr(parallel, "step_throttle",
+                      lambda mesh: lambda tree: waited.append(mesh.size) or real(mesh)(tree))
   train.train_and_evaluate(tiny_config(num_devices=8, epochs=2), str(tmp_path), progress=False)
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert lines[0]["compilations"] > 0 and lines[1]["compilations"] == 0
+  assert waited == [8] * 6  # 2 epochs of 3 steps (96 images: 48 train, 48 val, batch 16)
+
+
+def test_step_throttle_waits_only_on_a_multi_device_cpu_mesh():
+  assert parallel.step_throttle(parallel.data_mesh(8)) is jax.block_until_ready
+  tree = {"a": np.zeros(2)}
+  assert parallel.step_throttle(parallel.data_mesh(1))(tree) is tree
+
+
+def test_a_throttled_loop_of_all_reduce_steps_does_not_deadlock():
+  """3000 all-reduce steps queued without a wait deadlock XLA:CPU within
+  seconds (benchmarks/cpu_dispatch_deadlock.py); through the throttle they
+  complete.  In a process of its own, with XLA's rendezvous abort at 10 s,
+  so a regression fails here instead of hanging the suite."""
+  result, _ = cpu_dispatch_deadlock.run("throttled", devices=8, steps=3000, timeout=10)
+  assert result.startswith("completed"), result
+

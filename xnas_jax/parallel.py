@@ -17,7 +17,7 @@ the same seed, and the mesh spans all of them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -58,6 +58,25 @@ def batch_sharded(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
+
+
+# XLA:CPU (jaxlib 0.10.2) deadlocks when more than about 32 programs with
+# cross-device reductions are queued on a multi-device CPU mesh: some devices'
+# shares never reach the all-reduce's rendezvous, and after 40 s XLA aborts the
+# process ("Termination timeout ... Expected 8 threads to join the rendezvous,
+# but only 5 of them arrived").  A Python loop that only dispatches gets there
+# when the devices run behind it (a loaded machine: it aborted a CI run of the
+# test suite).  benchmarks/cpu_dispatch_deadlock.py reproduces it in seconds.
+
+
+def step_throttle(mesh: Mesh) -> Callable[[Any], Any]:
+  """What a step loop calls on each step's output before dispatching the
+  next: on a multi-device CPU mesh it waits for the step to finish (so one
+  step's programs at most are queued, well below the deadlock above),
+  elsewhere it returns at once and dispatch runs ahead of the devices."""
+  if mesh.size > 1 and mesh.devices.flat[0].platform == "cpu":
+    return jax.block_until_ready
+  return lambda tree: tree
 
 
 def shard_batches(batches: np.ndarray, mesh: Mesh) -> list[jax.Array]:

@@ -218,6 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
   mesh = parallel.data_mesh(config.num_devices)
   state = parallel.replicate(state, mesh)
   images, labels = parallel.replicate((run.train.images, run.train.labels), mesh)
+  throttle = parallel.step_throttle(mesh)
   fns = make_functions(run)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = int(state["epoch"])
@@ -237,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
           input_pipeline.epoch_batches(order_key, len(run.train), b, epoch)[:steps], mesh)
       out = []
       for i in range(steps):
-        state, m = fns["train_step"](state, images, labels, idx[i])
+        state, m = throttle(fns["train_step"](state, images, labels, idx[i]))
         out.append(m)
       out = np.asarray(jnp.stack(out))
       if not np.isfinite(out).all():

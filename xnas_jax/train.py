@@ -148,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   fns = search_steps.step_functions(run.searches[0])
   step = run.step_function(fns)
   train_data, val_data = run.data("train", mesh), run.data("val", mesh)
+  throttle = parallel.step_throttle(mesh)
   first_epoch = search_metrics.first_epoch_metrics(metrics_path, [c.seed for c in run.configs])
   writers = events.EventWriters(workdir, [c.seed for c in run.configs], config.tensorboard)
   bar = cli.progress(range(start_epoch, config.epochs), progress, "search")
@@ -161,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       first_step = int(np.max(state["step"]))
       step_metrics = []
       for i in range(len(tr)):
-        state, m = step(state, train_data, val_data, tr[i], va[i])
+        state, m = throttle(step(state, train_data, val_data, tr[i], va[i]))
         step_metrics.append(m)
       state = dict(state, epoch=state["epoch"] + 1)
       summaries = _epoch_summaries(run, state, step_metrics, first_step, t0, compiled_before,
