@@ -241,9 +241,7 @@ def entropy_vs_weight_decay(weight_decays, *, epochs: int = 4, seed: int = 0, ch
     c.arch_optimizer.weight_decay = float(wd)
     c.arch_optimizer.learning_rate = arch_learning_rate
     c.num_devices = 1  # a toy: the same numbers whatever devices the kernel sees
-    # A few dozen steps of a 4-channel supernet: compilation dominates, and
-    # the grouped conv compiles in half the time of the shifted form.
-    c.depthwise_impl = "grouped"
+    c.figures = False  # the notebook draws its own
     with tempfile.TemporaryDirectory(dir=workdir) as d:
       result = train.train_and_evaluate(c, d, progress=False)
     out.append((float(wd), result["summary"]["entropy_normal"]))
