@@ -22,7 +22,9 @@ Each row runs in its own process (so that compilation caches and the memory
 high-water mark start fresh): it times ``--steps`` search steps after one
 warm-up step, exactly as ``train.train_and_evaluate`` runs them (index batches
 on the device, async dispatch, one sync at the end).  Peak memory is the
-device's ``peak_bytes_in_use`` on a GPU and the process's peak RSS on a CPU.
+device's ``peak_bytes_in_use`` on a GPU and the process's peak RSS on a CPU
+(``peak_memory``: for JAX it includes XLA's compilation); the pairs' table
+adds the steady peak, the most the process held during the timed steps.
 "min/epoch" is the time of one CIFAR-10 search epoch (25 000 training images
 at this batch size), the unit the papers report (XNAS: 8.5 min on a GTX
 1080Ti at batch 96; DARTS first order: about 12.5 min at batch 64).
@@ -36,10 +38,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+
+import peak_memory
 
 ROWS = ("xnas", "xnas_half_wiped", "darts", "gdas", "xnas_pc4", "darts_pc4", "xnas_amended",
         "xnas_bfloat16", "xnas_seeds")
@@ -120,23 +123,26 @@ def measure(row: str, args) -> dict:
   state, m = step(state, train_data, val_data, tr[0], va[0])
   jax.block_until_ready((state, m))
   compile_s = time.perf_counter() - t0
+  peak_memory.reset_peak()
   t0 = time.perf_counter()
   for i in range(args.steps):
     state, m = step(state, train_data, val_data, tr[(i + 1) % len(tr)], va[(i + 1) % len(va)])
   jax.block_until_ready((state, m))
   step_s = (time.perf_counter() - t0) / args.steps
+  steady = peak_memory.steady_peak_bytes()
   dev = jax.devices()[0]
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
     peak, peak_kind = stats["peak_bytes_in_use"], "device"
   else:
-    peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host RSS"
+    peak, peak_kind = peak_memory.process_peak_bytes(), "host RSS"
   images = k * b
   return {"row": row, "platform": dev.platform, "device": dev.device_kind, "batch": b,
           "seeds": k, "channels": config.channels, "step_s": step_s,
           "images_per_s": images / step_s,
           "min_per_cifar_epoch": CIFAR_SEARCH_IMAGES / b * step_s / 60,
           "peak_bytes": int(peak), "peak_kind": peak_kind, "first_step_s": compile_s,
+          "steady_peak_bytes": steady if peak_kind == "host RSS" else int(peak),
           "finite": bool(np.isfinite(np.asarray(m)).all())}
 
 
@@ -172,16 +178,18 @@ def measure_torch(row: str, args) -> dict:
   t0 = time.perf_counter()
   runner.step(*batches[0])
   first = time.perf_counter() - t0
+  peak_memory.reset_peak()
   t0 = time.perf_counter()
   for i in range(args.steps):
     loss = runner.step(*batches[i + 1])
   step_s = (time.perf_counter() - t0) / args.steps
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak, steady = peak_memory.process_peak_bytes(), peak_memory.steady_peak_bytes()
   return {"row": row, "platform": "torch-cpu", "device": f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", "batch": b, "seeds": 1,
           "channels": config.channels, "step_s": step_s, "images_per_s": b / step_s,
           "min_per_cifar_epoch": CIFAR_SEARCH_IMAGES / b * step_s / 60, "peak_bytes": int(peak),
-          "peak_kind": "host RSS", "first_step_s": first, "finite": bool(np.isfinite(float(loss)))}
+          "peak_kind": "host RSS", "first_step_s": first, "steady_peak_bytes": steady,
+          "finite": bool(np.isfinite(float(loss)))}
 
 
 def main():
@@ -227,12 +235,16 @@ def main():
   by_row = {r["row"]: r for r in results}
   pairs = [(j, t) for j, t in TORCH_ROWS.items() if j in by_row and t in by_row]
   if pairs:
-    print("\n| search | JAX step ms | PyTorch step ms | JAX speed / PyTorch | JAX peak / PyTorch |")
-    print("|---|---|---|---|---|")
+    print("\n| search | JAX step ms | PyTorch step ms | JAX speed / PyTorch | JAX peak / PyTorch "
+          "| JAX steady peak / PyTorch |")
+    print("|---|---|---|---|---|---|")
     for j, t in pairs:
       rj, rt = by_row[j], by_row[t]
+      steady = (f"{rj['steady_peak_bytes'] / rt['steady_peak_bytes']:.2f}"
+                if rj.get("steady_peak_bytes") and rt.get("steady_peak_bytes") else "n/a")
       print(f"| {j} | {rj['step_s'] * 1e3:.0f} | {rt['step_s'] * 1e3:.0f} "
-            f"| {rt['step_s'] / rj['step_s']:.2f} | {rj['peak_bytes'] / rt['peak_bytes']:.2f} |")
+            f"| {rt['step_s'] / rj['step_s']:.2f} | {rj['peak_bytes'] / rt['peak_bytes']:.2f} "
+            f"| {steady} |")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)

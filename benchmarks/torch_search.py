@@ -48,26 +48,34 @@ def _bn(c: int, affine: bool) -> nn.BatchNorm2d:
   return nn.BatchNorm2d(c, affine=affine, eps=1e-5, momentum=0.1)
 
 
+def _load_bn(bn: nn.BatchNorm2d, p) -> None:
+  """A Flax BatchNorm's scale and bias (``p``: its parameters), if affine."""
+  if bn.affine:
+    bn.weight.data.copy_(_t(p["scale"]))
+    bn.bias.data.copy_(_t(p["bias"]))
+
+
 class ReLUConvBN(nn.Module):
-  def __init__(self, c_in, c_out, k=1, stride=1):
+  def __init__(self, c_in, c_out, k=1, stride=1, affine=False):
     super().__init__()
     self.conv = nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, bias=False)
-    self.bn = _bn(c_out, False)
+    self.bn = _bn(c_out, affine)
 
   def forward(self, x):
     return self.bn(self.conv(F.relu(x)))
 
   def load(self, p):
     _set_conv(self.conv, p["Conv_0"]["kernel"])
+    _load_bn(self.bn, p.get("BatchNorm_0"))
 
 
 class DilConv(nn.Module):
-  def __init__(self, c_in, c_out, k, stride, dilation):
+  def __init__(self, c_in, c_out, k, stride, dilation, affine=False):
     super().__init__()
     pad = dilation * (k - 1) // 2
     self.dw = nn.Conv2d(c_in, c_in, k, stride, pad, dilation, groups=c_in, bias=False)
     self.pw = nn.Conv2d(c_in, c_out, 1, bias=False)
-    self.bn = _bn(c_out, False)
+    self.bn = _bn(c_out, affine)
 
   def forward(self, x):
     return self.bn(self.pw(self.dw(F.relu(x))))
@@ -75,12 +83,14 @@ class DilConv(nn.Module):
   def load(self, p):
     _set_conv(self.dw, p["Conv_0"]["kernel"])
     _set_conv(self.pw, p["Conv_1"]["kernel"])
+    _load_bn(self.bn, p.get("BatchNorm_0"))
 
 
 class SepConv(nn.Module):
-  def __init__(self, c, k, stride):
+  def __init__(self, c, k, stride, affine=False):
     super().__init__()
-    self.first, self.second = DilConv(c, c, k, stride, 1), DilConv(c, c, k, 1, 1)
+    self.first = DilConv(c, c, k, stride, 1, affine)
+    self.second = DilConv(c, c, k, 1, 1, affine)
 
   def forward(self, x):
     return self.second(self.first(x))
@@ -91,11 +101,11 @@ class SepConv(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-  def __init__(self, c_in, c_out):
+  def __init__(self, c_in, c_out, affine=False):
     super().__init__()
     self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
     self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
-    self.bn = _bn(c_out, False)
+    self.bn = _bn(c_out, affine)
 
   def forward(self, x):
     x = F.relu(x)
@@ -104,14 +114,18 @@ class FactorizedReduce(nn.Module):
   def load(self, p):
     _set_conv(self.conv_1, p["Conv_0"]["kernel"])
     _set_conv(self.conv_2, p["Conv_1"]["kernel"])
+    _load_bn(self.bn, p.get("BatchNorm_0"))
 
 
 class Pool(nn.Module):
-  def __init__(self, kind, c, stride):
+  """A 3x3 pool, followed by a non-affine BN in the search network (DARTS's
+  ``MixedOp``) and by nothing in the evaluation network."""
+
+  def __init__(self, kind, c, stride, bn=True):
     super().__init__()
     self.pool = (nn.MaxPool2d(3, stride, 1) if kind == "max"
                  else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
-    self.bn = _bn(c, False)
+    self.bn = _bn(c, False) if bn else nn.Identity()
 
   def forward(self, x):
     return self.bn(self.pool(x))
@@ -128,17 +142,20 @@ class Identity(nn.Module):
     del p
 
 
-def make_op(name: str, c: int, stride: int) -> nn.Module:
+def make_op(name: str, c: int, stride: int, affine: bool = False,
+            pool_bn: bool = True) -> nn.Module:
+  """DARTS's ``OPS[name]``: non-affine with BN after the pools in the search
+  network; affine without BN after the pools in the evaluation network."""
   if name == "max_pool_3x3":
-    return Pool("max", c, stride)
+    return Pool("max", c, stride, pool_bn)
   if name == "avg_pool_3x3":
-    return Pool("avg", c, stride)
+    return Pool("avg", c, stride, pool_bn)
   if name == "skip_connect":
-    return Identity() if stride == 1 else FactorizedReduce(c, c)
+    return Identity() if stride == 1 else FactorizedReduce(c, c, affine)
   if name.startswith("sep_conv"):
-    return SepConv(c, int(name[-1]), stride)
+    return SepConv(c, int(name[-1]), stride, affine)
   if name.startswith("dil_conv"):
-    return DilConv(c, c, int(name[-1]), stride, 2)
+    return DilConv(c, c, int(name[-1]), stride, 2, affine)
   raise ValueError(f"no PyTorch op for {name!r}")
 
 
