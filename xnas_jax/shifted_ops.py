@@ -97,8 +97,8 @@ def _conv_bwd(stride, dilation, padding, res, g):
   # dw[p, q] = sum_{b,i,j} x_pad[b, s i + d p, s j + d q] g[b, i, j]: all taps
   # in one variadic reduction (one pass over x and g instead of k*k) over the
   # image axes, then over the batch.  Keeping the batch axis in the variadic
-  # reduction's output lets XLA:CPU split it over its threads; reduced to
-  # [C] at once it ran on one (benchmarks/depthwise_kernel_grad.py: 1.2-4.8x).
+  # reduction's output probably lets XLA:CPU split it over its threads (reduced
+  # to [C] at once it was 1.1-3.9x slower: benchmarks/depthwise_kernel_grad.py).
   acc = jnp.promote_types(g.dtype, jnp.float32)
   prods = tuple(tap.astype(acc) * g.astype(acc)
                 for tap in _taps(_pad(x, padding), k, s, d, ho, wo))
