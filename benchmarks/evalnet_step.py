@@ -11,8 +11,9 @@ synthetic 32x32 images, each in a process of its own:
 * ``torch``: ``torch_evalnet``'s ``NetworkCIFAR`` with the same weights and
   DARTS's ``train.py`` step.
 
-Prints the step times, their ratio, and each process's peak memory (host RSS;
-``peak_memory``: whole, and steady during the timed steps).
+Prints the step times (``timing``: one warm-up step, then the timed steps),
+their ratio, and each process's peak memory (host RSS; ``peak_memory``:
+whole, and steady during the timed steps).
 
   python benchmarks/evalnet_step.py --batch 32 --steps 3
   python benchmarks/evalnet_step.py --batch 96 --steps 2 --genotype xnas
@@ -23,9 +24,9 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import peak_memory
+import timing
 
 
 def config_for(args):
@@ -48,16 +49,13 @@ def measure_jax(args) -> dict:
   fns = retrain.make_functions(run)
   images, labels = jax.device_put((run.train.images, run.train.labels))
   idx = input_pipeline.epoch_batches(jax.random.key(1), len(run.train), args.batch, 0)
-  t0 = time.perf_counter()
-  state, m = fns["train_step"](state, images, labels, jax.device_put(idx[0]))
-  jax.block_until_ready(m)
-  first = time.perf_counter() - t0
-  peak_memory.reset_peak()
-  t0 = time.perf_counter()
-  for i in range(args.steps):
-    state, m = fns["train_step"](state, images, labels, jax.device_put(idx[1 + i]))
-  jax.block_until_ready(m)
-  step_s = (time.perf_counter() - t0) / args.steps
+
+  def step(i):
+    nonlocal state
+    state, m = fns["train_step"](state, images, labels, jax.device_put(idx[i]))
+    return m
+
+  first, step_s, m = timing.warm_then_time(step, args.steps, jax.block_until_ready)
   return {"row": "jax", "device": str(jax.devices()[0].platform), "step_s": step_s,
           "first_step_s": first, "finite": bool(np.isfinite(np.asarray(m)).all())}
 
@@ -84,14 +82,7 @@ def measure_torch(args) -> dict:
             torch.from_numpy(np.array(run.train.labels[idx])).long())
 
   batches = [batch(i) for i in range(args.steps + 1)]
-  t0 = time.perf_counter()
-  step.step(*batches[0])
-  first = time.perf_counter() - t0
-  peak_memory.reset_peak()
-  t0 = time.perf_counter()
-  for i in range(args.steps):
-    loss = step.step(*batches[1 + i])
-  step_s = (time.perf_counter() - t0) / args.steps
+  first, step_s, loss = timing.warm_then_time(lambda i: step.step(*batches[i]), args.steps)
   return {"row": "torch", "device": f"torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads", "step_s": step_s, "first_step_s": first,
           "finite": bool(np.isfinite(float(loss)))}

@@ -20,7 +20,7 @@ op set, 8 cells, C = 16, batch 96) on synthetic 32x32 data, for
 
 Each row runs in its own process (so that compilation caches and the memory
 high-water mark start fresh): it times ``--steps`` search steps after one
-warm-up step, exactly as ``train.train_and_evaluate`` runs them (index batches
+warm-up step (``timing``), exactly as ``train.train_and_evaluate`` runs them (index batches
 on the device, async dispatch, one sync at the end).  Peak memory is the
 device's ``peak_bytes_in_use`` on a GPU and the process's peak RSS on a CPU
 (``peak_memory``: for JAX it includes XLA's compilation); the pairs' table
@@ -40,9 +40,9 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import peak_memory
+import timing
 
 ROWS = ("xnas", "xnas_half_wiped", "darts", "gdas", "xnas_pc4", "darts_pc4", "xnas_amended",
         "xnas_bfloat16", "xnas_seeds")
@@ -119,16 +119,14 @@ def measure(row: str, args) -> dict:
     step = jax.jit(jax.vmap(functools.partial(search_steps.search_step, search, fns)),
                    donate_argnums=0)
   train_data, val_data = jax.device_put(train_data), jax.device_put(val_data)
-  t0 = time.perf_counter()
-  state, m = step(state, train_data, val_data, tr[0], va[0])
-  jax.block_until_ready((state, m))
-  compile_s = time.perf_counter() - t0
-  peak_memory.reset_peak()
-  t0 = time.perf_counter()
-  for i in range(args.steps):
-    state, m = step(state, train_data, val_data, tr[(i + 1) % len(tr)], va[(i + 1) % len(va)])
-  jax.block_until_ready((state, m))
-  step_s = (time.perf_counter() - t0) / args.steps
+
+  def one_step(i):
+    nonlocal state
+    state, m = step(state, train_data, val_data, tr[i % len(tr)], va[i % len(va)])
+    return state, m
+
+  compile_s, step_s, (state, m) = timing.warm_then_time(one_step, args.steps,
+                                                         jax.block_until_ready)
   steady = peak_memory.steady_peak_bytes()
   dev = jax.devices()[0]
   stats = dev.memory_stats() if dev.platform != "cpu" else None
@@ -175,14 +173,7 @@ def measure_torch(row: str, args) -> dict:
             torch.from_numpy(np.array(split.labels[idx])).long())
 
   batches = [batch(d.train, i) + batch(d.val, i + 100) for i in range(args.steps + 1)]
-  t0 = time.perf_counter()
-  runner.step(*batches[0])
-  first = time.perf_counter() - t0
-  peak_memory.reset_peak()
-  t0 = time.perf_counter()
-  for i in range(args.steps):
-    loss = runner.step(*batches[i + 1])
-  step_s = (time.perf_counter() - t0) / args.steps
+  first, step_s, loss = timing.warm_then_time(lambda i: runner.step(*batches[i]), args.steps)
   peak, steady = peak_memory.process_peak_bytes(), peak_memory.steady_peak_bytes()
   return {"row": row, "platform": "torch-cpu", "device": f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", "batch": b, "seeds": 1,
