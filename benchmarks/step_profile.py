@@ -94,6 +94,8 @@ def main():
   ap.add_argument("--row", default="xnas", help="a row of search_step.py")
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--channels", type=int, default=0)
+  ap.add_argument("--top", type=int, default=0,
+                  help="also list the N operations with the most self time")
   args = ap.parse_args()
   work = tempfile.mkdtemp(prefix="step_profile_")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -124,12 +126,13 @@ def main():
   jax.profiler.stop_trace()
   op_names = _op_names(f"{work}/hlo")
   trace = glob.glob(f"{work}/trace/plugins/profile/*/*.trace.json.gz")[0]
-  table = collections.Counter()
+  table, ops = collections.Counter(), collections.Counter()
   for (module, name), us in _self_times(trace).items():
     if name.startswith(("ThunkExecutor", "$", "SlinkyThreadPool", "end:")) or name.startswith(
         ("Pjit", "CommonPjRt", "Handle", "Allocate", "Wait", "Python", "Parse", "DevicePut")):
       continue
     op = op_names.get((module, name))
+    ops[(module, name, op)] += us
     if op is None:
       table[("other", "-")] += us
       continue
@@ -147,6 +150,13 @@ def main():
     tot = sum(row) + table[(kind, "-")]
     print(f"| {kind} | " + " | ".join(f"{v / 1e3:.0f}" for v in row)
           + f" | {tot / 1e3:.0f} | {tot / total:.0%} |")
+  if args.top:
+    print(f"\nThe {args.top} operations with the most self time:")
+    print("| ms | module | operation | kind, phase | op_name (end) |")
+    print("|---|---|---|---|---|")
+    for (module, name, op), us in ops.most_common(args.top):
+      where = f"{_kind(op)}, {_phase(op)}" if op else "-"
+      print(f"| {us / 1e3:.1f} | {module} | {name} | {where} | {(op or '-')[-70:]} |")
 
 
 if __name__ == "__main__":

@@ -326,32 +326,45 @@ class SearchCell:
         y = y * ew[:, None, None, None].astype(y.dtype)
       return y, new_s
 
+    def edge(src, p, s, x, u, m, key, ew):
+      if from_inputs:  # loop-invariant: selected here, it is no residual
+        x = inputs[src]
+      return mixed_op(p, s, x, u, m, key, ew)
+
+    # Without remat, the scan's backward needs every residual of every edge
+    # (tens of activations per expert), which its forward writes into stacked
+    # [edges, ...] buffers; on XLA:CPU that costs more than the experts
+    # themselves.  Under jax.checkpoint each edge's forward is recomputed in
+    # the backward pass from what the edge reads.  The checkpoint wraps the
+    # edge, not the scan's body: around the body, the residual kept per edge
+    # was the whole carry (all four nodes); around the edge it is the edge's
+    # input only, and nothing for an edge from the cell inputs (loop
+    # invariant, selected inside).  At 32x32, C = 16, batch 16
+    # (benchmarks/cell_step.py, two runs at each commit): a normal cell's
+    # gradient programs take 0.95x the time (524 / 505 against 554 / 527 ms
+    # with the weights' gradient, 357 / 356 against 395 / 372 without), a
+    # reduction cell's 0.9x, at the same compile time, and a normal cell keeps
+    # a quarter of the residual bytes.
+    step = jax.checkpoint(edge) if self.remat else edge
+
     def body(nodes, xs):
       p, s, src, dst, u, m, key, ew = xs
       if from_inputs:
-        x = inputs[src]
+        x = None
       elif from_nodes:
         x = nodes[src - NUM_INPUTS]
       else:  # same shapes (stride 1): select without copying the state buffer
         x = jnp.where(src < NUM_INPUTS, inputs[jnp.minimum(src, NUM_INPUTS - 1)],
                       nodes[jnp.maximum(src - NUM_INPUTS, 0)])
-      y, new_s = mixed_op(p, s, x, u, m, key, ew)
-      nodes = nodes.at[dst - NUM_INPUTS].add(y)
-      return nodes, new_s
+      y, new_s = step(src, p, s, x, u, m, key, ew)
+      return nodes.at[dst - NUM_INPUTS].add(y), new_s
 
     if keys is None:
       keys = jnp.zeros((len(srcs), 2), jnp.uint32)
     if self.edge_loop == "scan":
-      # Without remat, the scan's backward needs every residual of every edge
-      # (tens of activations per expert), which its forward writes into
-      # stacked [edges, ...] buffers; on XLA:CPU that costs more than the
-      # experts themselves.  With jax.checkpoint the forward keeps only the
-      # carry and each edge's forward is recomputed in the backward: a normal
-      # cell's forward + backward at 32x32 (C=16, batch 4) takes 190 ms
-      # instead of 365 ms, and compiles as fast (benchmarks/cell_step.py).
       xs = (params, stats, jnp.asarray(srcs), jnp.asarray(dsts), weights, mask, keys,
             edge_weights)
-      return jax.lax.scan(jax.checkpoint(body) if self.remat else body, nodes, xs)
+      return jax.lax.scan(body, nodes, xs)
     # Unrolled: static sources and destinations, one trace per edge.
     new_stats = []
     for pos, (src, dst) in enumerate(zip(srcs.tolist(), dsts.tolist())):

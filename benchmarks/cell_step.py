@@ -1,0 +1,74 @@
+"""One search cell's gradient programs: compile time and time per call.
+
+A cell of the paper's CIFAR-10 search network (XNAS op set, every expert
+live) at 32x32, C = 16, on random inputs, differentiated as the search
+differentiates it: w.r.t. its weights, mixture weights and both inputs (the
+weight step's program needs the first, the architecture step's program the
+others), and w.r.t. the mixture weights and inputs only.  Median of
+``--repeats`` rounds of 3 calls after a warm-up.  Run it at two commits to
+compare a change to the cell's structure (its edge scan, the checkpoint).
+
+  python benchmarks/cell_step.py --batch 16
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from xnas_jax import search_space, supernet
+
+
+def measure(cell_type: str, wrt: tuple[int, ...], batch: int, size: int, channels: int,
+            repeats: int) -> tuple[float, float]:
+  space = search_space.get_search_space("xnas")
+  cell = supernet.SearchCell(space, cell_type, channels, False,
+                             tuple(o for o in space.ops if o != "none"))
+  shape = (batch, size, size, channels)
+  s0 = jax.random.normal(jax.random.key(0), shape)
+  s1 = jax.random.normal(jax.random.key(1), shape)
+  variables = cell.init(jax.random.key(2), s0, s1)
+  u = jnp.full((space.num_edges, batch, space.num_ops), 1.0 / space.num_ops)
+  mask = jnp.ones((space.num_edges, space.num_ops), bool)
+
+  def loss(params, u, s0, s1):
+    out, stats = cell.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                            s0, s1, u, mask, None, True)
+    return jnp.sum(out * out), stats
+  args = (variables["params"], u, s0, s1)
+  t0 = time.perf_counter()
+  fn = jax.jit(jax.value_and_grad(loss, argnums=wrt, has_aux=True)).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(3):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / 3)
+  return compile_s, sorted(times)[len(times) // 2]
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--size", type=int, default=32)
+  ap.add_argument("--channels", type=int, default=16)
+  ap.add_argument("--repeats", type=int, default=5)
+  args = ap.parse_args()
+  print(f"{jax.devices()[0].platform}, batch {args.batch}, {args.size}x{args.size}, "
+        f"C={args.channels}, median of {args.repeats}")
+  print("| cell | differentiated w.r.t. | compile s | ms per call |")
+  print("|---|---|---|---|")
+  for cell_type in ("normal", "reduce"):
+    for wrt, name in (((0, 1, 2, 3), "weights, mixture, inputs"), ((1, 2, 3), "mixture, inputs")):
+      compile_s, call_s = measure(cell_type, wrt, args.batch, args.size, args.channels,
+                                  args.repeats)
+      print(f"| {cell_type} | {name} | {compile_s:.1f} | {call_s * 1e3:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
