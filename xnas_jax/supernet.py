@@ -200,7 +200,9 @@ class SearchCell:
 
   def _output(self) -> nn.Module | None:
     if self.space.cell_output == "conv1x1":
-      return nn.Conv(NUM_NODES * self.channels, (1, 1), use_bias=False)
+      # nn.Conv's kernel under its name; a dot product (ops.Pointwise), which
+      # XLA:CPU runs faster than its 1x1 convolution (benchmarks/cell_step.py).
+      return ops_lib.Pointwise(NUM_NODES * self.channels)
     return None
 
   def init(self, key: jax.Array, s0: jax.Array, s1: jax.Array) -> Variables:
