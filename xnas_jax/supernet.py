@@ -340,8 +340,9 @@ class SearchCell:
     # the backward pass from what the edge reads.  The checkpoint wraps the
     # edge, not the scan's body: around the body, the residual kept per edge
     # was the whole carry (all four nodes); around the edge it is the edge's
-    # input only, and nothing for an edge from the cell inputs (loop
-    # invariant, selected inside).  At 32x32, C = 16, batch 16
+    # input only, and nothing in a scan whose edges all leave the cell inputs
+    # (a reduction cell's strided edges: the inputs are loop-invariant and
+    # selected inside).  At 32x32, C = 16, batch 16
     # (benchmarks/cell_step.py, two runs at each commit): a normal cell's
     # gradient programs take 0.95x the time (524 / 505 against 554 / 527 ms
     # with the weights' gradient, 357 / 356 against 395 / 372 without), a
