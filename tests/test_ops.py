@@ -83,6 +83,33 @@ def test_separable_max_pool_matches_reduce_window_with_ties(hw, c, s):
   np.testing.assert_allclose(g.sum(), probe.sum(), rtol=1e-5)
 
 
+def _numpy_avg_pool(x, s):
+  """3x3 average over the in-image pixels of each window (padding 1), a loop."""
+  b, h, w, c = x.shape
+  ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+  out = np.zeros((b, ho, wo, c))
+  for i in range(ho):
+    for j in range(wo):
+      win = x[:, max(s * i - 1, 0):s * i + 2, max(s * j - 1, 0):s * j + 2, :]
+      out[:, i, j] = win.mean(axis=(1, 2))
+  return out
+
+
+@pytest.mark.parametrize("h,w,s", [(7, 9, 1), (8, 8, 2), (9, 7, 2), (1, 2, 1), (2, 2, 2)])
+def test_separable_avg_pool_matches_a_numpy_loop_and_reduce_window(h, w, s):
+  """``shifted_ops.avg_pool_3x3`` (two 3-tap sums over the counted pixels)
+  against a NumPy loop, and its gradient against ``nn.avg_pool``'s."""
+  kx, kg = jax.random.split(jax.random.key(h * 10 + s))
+  x = jax.random.normal(kx, (2, h, w, 3))
+  y = shifted_ops.avg_pool_3x3(x, s)
+  np.testing.assert_allclose(y, _numpy_avg_pool(np.asarray(x, np.float64), s), rtol=1e-5, atol=1e-6)
+  ref = lambda x: nn.avg_pool(x, (3, 3), (s, s), padding=((1, 1), (1, 1)), count_include_pad=False)
+  probe = jax.random.normal(kg, y.shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * probe))(x)
+  np.testing.assert_allclose(grad(lambda x: shifted_ops.avg_pool_3x3(x, s)), grad(ref),
+                             rtol=1e-5, atol=1e-6)
+
+
 def test_shifted_conv_gradient_under_vmap():
   """The hand-written backward batched (as the multi-seed step runs it)."""
   x = jax.random.normal(jax.random.key(0), (3, 2, 6, 6, 2))
@@ -107,3 +134,63 @@ def test_separable_max_pool_has_a_forward_mode_derivative():
   ref = hvp(lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
   np.testing.assert_allclose(hvp(lambda x: shifted_ops.max_pool_3x3(x, 2)), ref,
                              rtol=1e-5, atol=1e-5)
+
+
+def _numpy_batch_norm(x):
+  """Training-mode BN over all axes but the last, in float64."""
+  x = np.asarray(x, np.float64)
+  axes = tuple(range(x.ndim - 1))
+  mean, var = x.mean(axes), x.var(axes)
+  return (x - mean) / np.sqrt(var + 1e-5), mean, var
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_batch_norm_matches_flax_and_numpy_in_value_stats_and_gradients(affine):
+  """ops.BatchNorm (hand-written derivative) against nn.BatchNorm (automatic
+  derivative) on values, running statistics, parameter and input gradients,
+  and the Hessian-vector product the second-order hypergradients take; the
+  value and statistics also against a NumPy float64 computation."""
+  x = jax.random.normal(jax.random.key(0), (4, 5, 5, 3)) * 2.0 + 0.5
+  ours = ops.batch_norm(affine, train=True)
+  ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
+                     use_scale=affine, use_bias=affine)
+  v = ours.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, ref.init(jax.random.key(1), x))
+  if affine:
+    v = {**v, "params": {"scale": jnp.array([0.5, 1.5, -2.0]), "bias": jnp.array([0.1, 0.0, -0.3])}}
+  y, st = ours.apply(v, x, mutable=["batch_stats"])
+  y_ref, st_ref = ref.apply(v, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), st, st_ref)
+  v_eval = {**v, **st}  # evaluation mode: the running statistics
+  np.testing.assert_allclose(ops.batch_norm(affine, train=False).apply(v_eval, x),
+                             ref.clone(use_running_average=True).apply(v_eval, x), rtol=1e-5, atol=1e-5)
+  x_hat, mean, var = _numpy_batch_norm(x)
+  np.testing.assert_allclose(st["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(st["batch_stats"]["var"], 0.9 + 0.1 * var, rtol=1e-5)
+  if not affine:
+    np.testing.assert_allclose(y, x_hat, rtol=1e-4, atol=1e-5)
+
+  w = jax.random.normal(jax.random.key(2), x.shape)
+  def loss(module, params, x):
+    out, _ = module.apply({**v, "params": params}, x, mutable=["batch_stats"])
+    return jnp.sum(jnp.tanh(out) * w)
+  for argnums in (1, 2):
+    g = jax.grad(loss, argnums)(ours, v.get("params", {}), x)
+    g_ref = jax.grad(loss, argnums)(ref, v.get("params", {}), x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g, g_ref)
+  t = jax.random.normal(jax.random.key(3), x.shape)
+  hvp = lambda m: jax.jvp(lambda x: jax.grad(loss, 2)(m, v.get("params", {}), x), (x,), (t,))[1]
+  np.testing.assert_allclose(hvp(ours), hvp(ref), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_keeps_bfloat16_and_reduces_in_float32():
+  x = (jax.random.normal(jax.random.key(0), (8, 4, 4, 2)) * 3.0 + 100.0)
+  bn = ops.batch_norm(False, train=True)
+  v = bn.init(jax.random.key(1), x)
+  y16, st16 = bn.apply(v, x.astype(jnp.bfloat16), mutable=["batch_stats"])
+  y32, _ = bn.apply(v, x.astype(jnp.bfloat16).astype(jnp.float32), mutable=["batch_stats"])
+  assert y16.dtype == jnp.bfloat16 and st16["batch_stats"]["var"].dtype == jnp.float32
+  np.testing.assert_allclose(y16.astype(jnp.float32), y32.astype(jnp.bfloat16).astype(jnp.float32))
+  g = jax.grad(lambda x: jnp.sum(bn.apply(v, x, mutable=["batch_stats"])[0] ** 3))(x.astype(jnp.bfloat16))
+  assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))

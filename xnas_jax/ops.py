@@ -7,6 +7,7 @@ the evaluation network.  PyTorch's BatchNorm momentum 0.1 is Flax's 0.9.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -20,17 +21,81 @@ _BN_MOMENTUM = 0.9
 _BN_EPS = 1e-5
 
 
-class BatchNorm(nn.BatchNorm):
-  """Flax's BatchNorm (statistics reduced in float32) whose output keeps the
-  input's dtype, so that a bfloat16 network stays bfloat16 after every BN."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def normalize_batch(x: jax.Array, axes: tuple[int, ...], epsilon: float):
+  """Training-mode batch normalization without scale and bias.
 
-  def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
-    return super().__call__(x, *args, **kwargs).astype(x.dtype)
+  Returns ``(x_hat, mean, var)`` with ``mean = E[x]``, ``var = max(0, E[x^2] -
+  E[x]^2)`` over ``axes`` (Flax's fast variance) and ``x_hat = (x - mean) *
+  r``, ``r = (var + eps)^(-1/2)``: the same operations as ``nn.BatchNorm``.
+
+  Its derivative is written out (Ioffe & Szegedy 2015, sec. 3; here as a
+  jvp).  With ``d var = 2 E[(x - mean) dx] = (2 / r) E[x_hat dx]`` and
+  ``d r = -r^2 E[x_hat dx]``::
+
+      d x_hat = r (dx - E[dx] - x_hat E[x_hat dx])
+
+  a linear map that is its own transpose, so the backward pass is the same two
+  per-channel means (of ``g`` and ``x_hat g``) and one elementwise pass,
+  with ``x_hat`` and ``r`` as residuals.  Automatic differentiation of the
+  forward instead differentiates through ``E[x^2] - E[x]^2`` and ``rsqrt``:
+  more reductions and more residuals (``benchmarks/cell_step.py``).  Being
+  a ``custom_jvp``, it has forward-mode and higher derivatives (the
+  second-order hypergradients differentiate it twice).
+  """
+  mean = x.mean(axes)
+  var = jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
+  x_hat = (x - jnp.expand_dims(mean, axes)) * lax.rsqrt(jnp.expand_dims(var, axes) + epsilon)
+  return x_hat, mean, var
 
 
-def batch_norm(affine: bool, train: bool, name: str | None = None) -> nn.BatchNorm:
-  return BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
-                      epsilon=_BN_EPS, use_scale=affine, use_bias=affine, name=name)
+@normalize_batch.defjvp
+def _normalize_batch_jvp(axes, epsilon, primals, tangents):
+  (x,), (dx,) = primals, tangents
+  x_hat, mean, var = normalize_batch(x, axes, epsilon)
+  r = lax.rsqrt(var + epsilon)
+  d_mean = dx.mean(axes)
+  c = (x_hat * dx).mean(axes)
+  expand = lambda a: jnp.expand_dims(a, axes)
+  d_x_hat = expand(r) * (dx - expand(d_mean) - x_hat * expand(c))
+  return (x_hat, mean, var), (d_x_hat, d_mean, 2.0 * c / r)
+
+
+class BatchNorm(nn.Module):
+  """Batch normalization over every axis but the last, as ``nn.BatchNorm``
+  (same variables: ``batch_stats/{mean,var}``, ``params/{scale,bias}``; same
+  running-average update, statistics in float32 at least) with the
+  derivative of ``normalize_batch``.  The output keeps the input's dtype, so
+  that a bfloat16 network stays bfloat16 after every BN."""
+  use_running_average: bool = False
+  momentum: float = _BN_MOMENTUM
+  epsilon: float = _BN_EPS
+  use_scale: bool = True
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (x.shape[-1],)
+    axes = tuple(range(x.ndim - 1))
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if self.use_running_average:
+      y = (xf - ra_mean.value) * lax.rsqrt(ra_var.value + self.epsilon)
+    else:
+      y, mean, var = normalize_batch(xf, axes, self.epsilon)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
+    if self.use_scale:
+      y = y * self.param("scale", nn.initializers.ones, features, jnp.float32)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    return y.astype(x.dtype)
+
+
+def batch_norm(affine: bool, train: bool, name: str | None = None) -> BatchNorm:
+  return BatchNorm(use_running_average=not train, use_scale=affine, use_bias=affine, name=name)
 
 
 class Pointwise(nn.Module):
@@ -205,6 +270,9 @@ class FactorizedReduce(nn.Module):
 # reduce_window is an index-tracking reduce_window plus a scatter) or XLA's
 # reduce_window where none is recorded.
 MAX_POOL_AUTO = {"cpu": "separable"}
+# 3x3 average pooling likewise: "separable" (``shifted_ops.avg_pool_3x3``, two
+# 3-tap sums) or XLA's reduce_window.
+AVG_POOL_AUTO = {"cpu": "separable"}
 
 
 class Pool(nn.Module):
@@ -227,8 +295,10 @@ class Pool(nn.Module):
            else nn.max_pool(x, (3, 3), (self.stride,) * 2, padding=pad))
     else:
       # (The divisor counts are float32; keep the input's dtype.)
-      x = nn.avg_pool(x, (3, 3), (self.stride,) * 2, padding=pad,
-                      count_include_pad=False).astype(dtype)
+      x = (shifted_ops.avg_pool_3x3(x, self.stride)
+           if AVG_POOL_AUTO.get(jax.default_backend()) == "separable"
+           else nn.avg_pool(x, (3, 3), (self.stride,) * 2, padding=pad,
+                            count_include_pad=False)).astype(dtype)
     return batch_norm(False, train)(x) if self.with_bn else x
 
 

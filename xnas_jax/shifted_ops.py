@@ -1,8 +1,9 @@
-"""Depthwise convolution and 3x3 max pooling as shifted slices, with
+"""Depthwise convolution and 3x3 pooling as shifted slices, with
 hand-written derivatives for XLA:CPU.
 
 Max pooling is two 3-tap maxima with a ``jax.custom_jvp`` (``max_pool_3x3``,
-whose docstring derives the gradient's placement).  The depthwise
+whose docstring derives the gradient's placement); average pooling two 3-tap
+sums (``avg_pool_3x3``, linear: JAX's own transpose of the slices is fused).  The depthwise
 convolution has a ``jax.custom_vjp``:
 
 Forward, it is a sum of ``k*k`` strided slices of the padded input times one
@@ -33,6 +34,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -163,3 +165,32 @@ def _max3_jvp(axis, stride, primals, tangents):
   y, a, b = _max3_parts(x, axis, stride)
   ta, tb, tc = _max3_taps(tx, axis, stride, 0.0)
   return y, jnp.where(a == y, ta, jnp.where(b == y, tb, tc))
+
+
+def avg_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+  """``nn.avg_pool(x, (3, 3), (s, s), padding=((1, 1), (1, 1)),
+  count_include_pad=False)``, NHWC, as a 3-tap sum along the width, then
+  along the height (zero padding), divided by each window's count of
+  in-image pixels (a constant of the shapes).
+
+  Sums of slices: XLA fuses each pass, forward and backward (the transpose
+  of a slice is a pad), where XLA:CPU runs ``reduce_window`` and its
+  transpose as generic window loops.
+  """
+  h, w = x.shape[1:3]
+  y = _sum3(_sum3(x, 2, stride), 1, stride)
+  count = np.outer(_window_counts(h, stride), _window_counts(w, stride))
+  return y / jnp.asarray(count[None, :, :, None], y.dtype)
+
+
+def _sum3(x: jax.Array, axis: int, stride: int) -> jax.Array:
+  """``y[i] = x[s i - 1] + x[s i] + x[s i + 1]`` along ``axis`` (0 outside)."""
+  a, b, c = _max3_taps(x, axis, stride, 0.0)
+  return a + b + c
+
+
+def _window_counts(n: int, stride: int) -> np.ndarray:
+  """How many of the taps ``s i - 1, s i, s i + 1`` fall in ``[0, n)``."""
+  centers = stride * np.arange(_out_size(n, 3, stride, 1, 1))
+  return (np.minimum(centers + 1, n - 1) - np.maximum(centers - 1, 0) + 1).astype(np.float32)
+
