@@ -20,6 +20,15 @@ def tiny_config(**overrides):
   return c
 
 
+# Zela et al.'s S2 (skip_connect, sep_conv_3x3) and S3 (none as well): for the
+# tests whose subject is not the experts (hypergradients, step order,
+# perturbation selection) but whose cost is their compilation, which grows
+# with the experts per edge.  The full op sets are compiled by
+# tests/test_supernet.py, tests/test_torch_comparator.py and the other searches.
+FEW_OPS = "s2"
+FEW_OPS_WITH_NONE = "s3"
+
+
 def gradient_program_args(search, state, b=16):
   """The arguments of ``search_steps.loss_and_grads_fn``'s program for the
   first ``b`` training images at the state's mixture weights."""

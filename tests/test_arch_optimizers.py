@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from search_configs import tiny_config
+from search_configs import FEW_OPS, tiny_config
 from xnas_jax import arch_optimizers
 from xnas_jax import checkpointing
 from xnas_jax import optim
@@ -19,7 +19,7 @@ from xnas_jax.search_space import CELL_TYPES
 
 @pytest.mark.parametrize("name", arch_optimizers.names())
 def test_every_optimizer_takes_a_search_step(name, tmp_path):
-  config = tiny_config()
+  config = tiny_config(op_set=FEW_OPS)
   config.arch_optimizer.name = name
   search = search_setup.build_search(config)
   opt = search.arch_opt
@@ -61,7 +61,7 @@ def test_an_optimizer_registered_at_run_time_is_chosen_and_checked_by_name(monke
   arch_optimizers.register("my_adam", darts.build, rules=(("b1", "unit_open"),),
                            hypergradients=("first_order",))
   assert arch_optimizers.names()[-1] == "my_adam"
-  config = tiny_config()
+  config = tiny_config(op_set=FEW_OPS)
   config.arch_optimizer.name = "my_adam"
   search = search_setup.build_search(config)
   assert search.arch_opt.step_order == arch_optimizers.ARCH_FIRST

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from search_configs import tiny_config
+from search_configs import FEW_OPS, tiny_config
 from xnas_jax import parallel, train
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -22,7 +22,7 @@ def test_mesh_and_batch_errors_name_the_bad_value():
   with pytest.raises(ValueError, match="batch_size 6 is not divisible by the 4 devices"):
     parallel.shard_batches(np.zeros((2, 6), np.int32), parallel.data_mesh(4))
   with pytest.raises(train.ConfigError, match="batch_size 12"):
-    train.validate_config(tiny_config(batch_size=12, num_devices=8))
+    train.validate_config(tiny_config(op_set=FEW_OPS, batch_size=12, num_devices=8))
 
 
 def test_eight_devices_give_the_same_search_as_one(tmp_path):
@@ -36,7 +36,7 @@ def test_eight_devices_give_the_same_search_as_one(tmp_path):
   assert jax.device_count() == 8  # tests/conftest.py
   runs = {}
   for n in (1, 8):
-    config = tiny_config(num_devices=n, epochs=1, limit=48)
+    config = tiny_config(op_set=FEW_OPS, num_devices=n, epochs=1, limit=48)
     runs[n] = train.train_and_evaluate(config, str(tmp_path / str(n)), progress=False)
   leaf = jax.tree.leaves(runs[8]["state"]["params"])[0]
   assert len(leaf.sharding.device_set) == 8
@@ -65,7 +65,8 @@ def test_index_batches_move_once_and_nothing_recompiles_after_the_first_epoch(
   waited, real = [], parallel.step_throttle
   monkeypatch.setattr(parallel, "step_throttle",
                       lambda mesh: lambda tree: waited.append(mesh.size) or real(mesh)(tree))
-  train.train_and_evaluate(tiny_config(num_devices=8, epochs=2), str(tmp_path), progress=False)
+  train.train_and_evaluate(tiny_config(op_set=FEW_OPS, num_devices=8, epochs=2), str(tmp_path),
+                           progress=False)
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert lines[0]["compilations"] > 0 and lines[1]["compilations"] == 0
   assert waited == [8] * 6  # 2 epochs of 3 steps (96 images: 48 train, 48 val, batch 16)

@@ -18,7 +18,7 @@ from xnas_jax import train
 from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, get_search_space
 from xnas_jax.supernet import SearchCell, channel_shuffle
 
-from search_configs import tiny_config
+from search_configs import FEW_OPS, tiny_config
 
 
 def _torch_shuffle(x_nhwc: np.ndarray, groups: int) -> np.ndarray:
@@ -238,7 +238,7 @@ def test_betas_gradient_pulls_the_copies_back_through_the_node_softmax(name):
 
 
 def test_pc_darts_search_trains_the_betas_and_selects_by_them(tmp_path):
-  c = tiny_config(partial_channels=2, epochs=1)
+  c = tiny_config(partial_channels=2, epochs=1, op_set=FEW_OPS)
   c.arch_optimizer.name = "darts_adam"
   result = train.train_and_evaluate(c, str(tmp_path), progress=False)
   state = result["state"]

@@ -11,7 +11,7 @@ import pytest
 from xnas_jax import search_setup
 from xnas_jax import perturbation, train
 from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, get_search_space
-from search_configs import tiny_config
+from search_configs import FEW_OPS, tiny_config
 
 
 def _hand_built(op_set, seed=0, topology="darts"):
@@ -112,7 +112,7 @@ def test_the_fixed_topology_has_no_topology_decisions(schedule):
 
 @pytest.mark.parametrize("arch_optimizer", ["xnas", "frozen"])
 def test_pt_on_a_real_search(arch_optimizer, tmp_path):
-  c = tiny_config(epochs=1, selection="perturbation")
+  c = tiny_config(epochs=1, selection="perturbation", op_set=FEW_OPS)
   c.arch_optimizer.name = arch_optimizer
   c.pt.tune_epochs = 1
   result = train.train_and_evaluate(c, str(tmp_path), progress=False)

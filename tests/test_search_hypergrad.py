@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from search_configs import tiny_config
+from search_configs import FEW_OPS, tiny_config
 from xnas_jax import search_setup
 from xnas_jax import search_steps
 from xnas_jax import arch as arch_lib
@@ -47,7 +47,7 @@ def _loop_correction_and_reference(config, state, reference):
 
 
 def test_amended_search_runs_and_its_correction_is_bi_et_al_eq_7(tmp_path):
-  config = tiny_config(arch_gradient="amended", epochs=1)
+  config = tiny_config(arch_gradient="amended", epochs=1, op_set=FEW_OPS)
   config.hypergrad.coefficient = 0.5
   result = train.train_and_evaluate(config, str(tmp_path), progress=False)
   assert np.isfinite(result["summary"]["val_loss"])
@@ -70,7 +70,7 @@ def test_darts_second_order_correction_is_the_unrolled_gradient_minus_first_orde
   # w.r.t. u (XNAS).  For DARTS (w.r.t. the logits through the softmax) the
   # whole step is checked against autodiff through the unrolled step in
   # tests/test_step_order.py.
-  config = tiny_config(arch_gradient="darts_second_order")
+  config = tiny_config(arch_gradient="darts_second_order", op_set=FEW_OPS)
   config.arch_optimizer.name = arch_optimizer
   config.hypergrad.inner_lr = 0.05
   state = search_setup.init_state(search_setup.build_search(config), jax.random.key(0))

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from search_configs import tiny_config
+from search_configs import FEW_OPS, tiny_config
 from tfevents import summaries
 from xnas_jax import search_setup
 from xnas_jax import train
@@ -17,7 +17,7 @@ def smooth_config(**overrides):
   a vmapped and a plain convolution stay float-sized.  (With the tiny XNAS
   search, T is reached within the epoch and the final wipeout at t = T can
   flip on a near-tie, which makes two correct runs differ discretely.)"""
-  c = tiny_config(epochs=1, **overrides)
+  c = tiny_config(op_set=FEW_OPS, epochs=1, **overrides)
   c.arch_optimizer.name = "darts_adam"
   return c
 
@@ -42,11 +42,11 @@ def test_seed_k_of_a_two_seed_run_equals_a_single_run_with_seed_k(tmp_path):
 
 
 def test_xnas_seeds_keep_their_own_wipeout_masks(tmp_path):
-  many = train.train_and_evaluate(tiny_config(num_seeds=2, epochs=1), str(tmp_path),
-                                  progress=False)
-  search = search_setup.build_search(tiny_config())
+  many = train.train_and_evaluate(tiny_config(op_set=FEW_OPS, num_seeds=2, epochs=1),
+                                  str(tmp_path), progress=False)
+  search = search_setup.build_search(tiny_config(op_set=FEW_OPS))
   masks = search_setup.live_masks(search, many["state"])
-  assert masks["normal"].shape == (2, 14, 7)
+  assert masks["normal"].shape == (2, 14, len(search.net.space.ops))
   # The final wipeout (t = T) leaves exactly one expert per edge in each seed.
   np.testing.assert_array_equal(np.asarray(masks["normal"]).sum(-1), 1)
   assert not np.array_equal(masks["normal"][0], masks["normal"][1])

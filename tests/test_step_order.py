@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from search_configs import tiny_config
+from search_configs import FEW_OPS_WITH_NONE, tiny_config
 from xnas_jax import arch as arch_lib
 from xnas_jax import search_setup
 from xnas_jax import search_steps
@@ -20,7 +20,7 @@ def test_a_darts_step_is_darts_algorithm_1_in_its_order():
   the weight step: ``alpha' = Adam(grad_alpha L_val(w - xi grad_w L_train(w, alpha), alpha))``,
   then the weight step at ``alpha'``.  Checked against autodiff through the
   unrolled step (not the library's hypergradient code)."""
-  config = tiny_config(arch_gradient="darts_second_order")
+  config = tiny_config(arch_gradient="darts_second_order", op_set=FEW_OPS_WITH_NONE)
   config.arch_optimizer.name = "darts_adam"
   config.hypergrad.inner_lr = 0.05
   search = search_setup.build_search(config)
