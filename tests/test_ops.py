@@ -194,3 +194,26 @@ def test_batch_norm_keeps_bfloat16_and_reduces_in_float32():
   np.testing.assert_allclose(y16.astype(jnp.float32), y32.astype(jnp.bfloat16).astype(jnp.float32))
   g = jax.grad(lambda x: jnp.sum(bn.apply(v, x, mutable=["batch_stats"])[0] ** 3))(x.astype(jnp.bfloat16))
   assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))
+
+
+def test_pointwise_hand_vjp_matches_the_dot_and_goes_with_the_shifted_conv():
+  """``shifted_ops.pointwise`` (the kernel gradient behind a barrier) against
+  the plain dot in value and both gradients, against a NumPy product, and
+  chosen by ``DilConv`` exactly when its depthwise conv is the shifted one."""
+  kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+  x, k = jax.random.normal(kx, (3, 5, 4, 6)), jax.random.normal(kk, (6, 7))
+  g = jax.random.normal(kg, (3, 5, 4, 7))
+  y, vjp = jax.vjp(shifted_ops.pointwise, x, k)
+  np.testing.assert_allclose(y, np.einsum("bhwi,io->bhwo", x, k), rtol=1e-5, atol=1e-5)
+  y_ref, vjp_ref = jax.vjp(lambda x, k: jnp.einsum("bhwi,io->bhwo", x, k), x, k)
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(vjp(g)[1], np.einsum("bhwi,bhwo->io", x, g), rtol=1e-4, atol=1e-4)
+  for impl, hand in (("shifted", True), ("grouped", False)):
+    conv = ops.DilConv(4, 3, 1, 1, depthwise_impl=impl)
+    v = conv.init(jax.random.key(1), x)
+    out, _ = conv.apply(v, x, mutable=["batch_stats"])
+    jaxpr = str(jax.make_jaxpr(jax.grad(
+        lambda p: jnp.sum(conv.apply({**v, "params": p}, x, mutable=["batch_stats"])[0] ** 2)))(
+            v["params"]))
+    assert ("optimization_barrier" in jaxpr) == hand, impl
