@@ -64,9 +64,14 @@ def _normalize_batch_jvp(axes, epsilon, primals, tangents):
 class BatchNorm(nn.Module):
   """Batch normalization over every axis but the last, as ``nn.BatchNorm``
   (same variables: ``batch_stats/{mean,var}``, ``params/{scale,bias}``; same
-  running-average update, statistics in float32 at least) with the
-  derivative of ``normalize_batch``.  The output keeps the input's dtype, so
-  that a bfloat16 network stays bfloat16 after every BN."""
+  running-average update, statistics in float32 at least).  Without scale
+  and bias (the search network's) it trains through ``normalize_batch``'s
+  written-out derivative; with them (the evaluation network's) through
+  Flax's formula and automatic derivative, which measured faster there
+  (1.04x the evaluation network's step with ``normalize_batch`` and the
+  affine map after it, against 0.90-1.0x for the search cells).  The output
+  keeps the input's dtype, so that a bfloat16 network stays bfloat16 after
+  every BN."""
   use_running_average: bool = False
   momentum: float = _BN_MOMENTUM
   epsilon: float = _BN_EPS
@@ -80,17 +85,24 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    affine = self.use_scale or self.use_bias
     if self.use_running_average:
-      y = (xf - ra_mean.value) * lax.rsqrt(ra_var.value + self.epsilon)
+      mean, var = ra_mean.value, ra_var.value
+    elif affine:
+      mean = xf.mean(axes)
+      var = jnp.maximum(0.0, (xf * xf).mean(axes) - mean * mean)
     else:
       y, mean, var = normalize_batch(xf, axes, self.epsilon)
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
-    if self.use_scale:
-      y = y * self.param("scale", nn.initializers.ones, features, jnp.float32)
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    if not self.use_running_average and not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
+    if self.use_running_average or affine:  # Flax's _normalize
+      mul = lax.rsqrt(var + self.epsilon)
+      if self.use_scale:
+        mul = mul * self.param("scale", nn.initializers.ones, features, jnp.float32)
+      y = (xf - mean) * mul
+      if self.use_bias:
+        y = y + self.param("bias", nn.initializers.zeros, features, jnp.float32)
     return y.astype(x.dtype)
 
 
