@@ -39,7 +39,7 @@ def normalize_batch(x: jax.Array, axes: tuple[int, ...], epsilon: float):
   per-channel means (of ``g`` and ``x_hat g``) and one elementwise pass,
   with ``x_hat`` and ``r`` as residuals.  Automatic differentiation of the
   forward instead differentiates through ``E[x^2] - E[x]^2`` and ``rsqrt``:
-  more reductions and more residuals (``benchmarks/cell_step.py``).  Being
+  more reductions and more residuals (one search cell: README).  Being
   a ``custom_jvp``, it has forward-mode and higher derivatives (the
   second-order hypergradients differentiate it twice).
   """
@@ -66,10 +66,11 @@ class BatchNorm(nn.Module):
   (same variables: ``batch_stats/{mean,var}``, ``params/{scale,bias}``; same
   running-average update, statistics in float32 at least).  Without scale
   and bias (the search network's) it trains through ``normalize_batch``'s
-  written-out derivative; with them (the evaluation network's) through
-  Flax's formula and automatic derivative, which measured faster there
-  (1.04x the evaluation network's step with ``normalize_batch`` and the
-  affine map after it, against 0.90-1.0x for the search cells).  The output
+  written-out derivative (0.90-1.0x a search cell's gradient programs);
+  with them (the evaluation network's) through Flax's formula and automatic
+  derivative, as before: ``normalize_batch`` followed by the affine map was
+  not faster there (1.04x the 8-cell evaluation network's step, in an A/B
+  whose noise is a few percent).  The output
   keeps the input's dtype, so that a bfloat16 network stays bfloat16 after
   every BN."""
   use_running_average: bool = False
