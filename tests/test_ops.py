@@ -164,7 +164,8 @@ def test_batch_norm_matches_flax_and_numpy_in_value_stats_and_gradients(affine):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), st, st_ref)
   v_eval = {**v, **st}  # evaluation mode: the running statistics
   np.testing.assert_allclose(ops.batch_norm(affine, train=False).apply(v_eval, x),
-                             ref.clone(use_running_average=True).apply(v_eval, x), rtol=1e-5, atol=1e-5)
+                             ref.clone(use_running_average=True).apply(v_eval, x),
+                             rtol=1e-5, atol=1e-5)
   x_hat, mean, var = _numpy_batch_norm(x)
   np.testing.assert_allclose(st["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(st["batch_stats"]["var"], 0.9 + 0.1 * var, rtol=1e-5)
@@ -205,14 +206,13 @@ def test_pointwise_hand_vjp_matches_the_dot_and_goes_with_the_shifted_conv():
   g = jax.random.normal(kg, (3, 5, 4, 7))
   y, vjp = jax.vjp(shifted_ops.pointwise, x, k)
   np.testing.assert_allclose(y, np.einsum("bhwi,io->bhwo", x, k), rtol=1e-5, atol=1e-5)
-  y_ref, vjp_ref = jax.vjp(lambda x, k: jnp.einsum("bhwi,io->bhwo", x, k), x, k)
+  _, vjp_ref = jax.vjp(lambda x, k: jnp.einsum("bhwi,io->bhwo", x, k), x, k)
   for got, want in zip(vjp(g), vjp_ref(g)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(vjp(g)[1], np.einsum("bhwi,bhwo->io", x, g), rtol=1e-4, atol=1e-4)
   for impl, hand in (("shifted", True), ("grouped", False)):
     conv = ops.DilConv(4, 3, 1, 1, depthwise_impl=impl)
     v = conv.init(jax.random.key(1), x)
-    out, _ = conv.apply(v, x, mutable=["batch_stats"])
     jaxpr = str(jax.make_jaxpr(jax.grad(
         lambda p: jnp.sum(conv.apply({**v, "params": p}, x, mutable=["batch_stats"])[0] ** 2)))(
             v["params"]))

@@ -22,7 +22,7 @@ def test_mesh_and_batch_errors_name_the_bad_value():
   with pytest.raises(ValueError, match="batch_size 6 is not divisible by the 4 devices"):
     parallel.shard_batches(np.zeros((2, 6), np.int32), parallel.data_mesh(4))
   with pytest.raises(train.ConfigError, match="batch_size 12"):
-    train.validate_config(tiny_config(op_set=FEW_OPS, batch_size=12, num_devices=8))
+    train.validate_config(tiny_config(batch_size=12, num_devices=8))
 
 
 def test_eight_devices_give_the_same_search_as_one(tmp_path):

@@ -43,10 +43,15 @@ def normalize_batch(x: jax.Array, axes: tuple[int, ...], epsilon: float):
   a ``custom_jvp``, it has forward-mode and higher derivatives (the
   second-order hypergradients differentiate it twice).
   """
-  mean = x.mean(axes)
-  var = jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
+  mean, var = batch_stats(x, axes)
   x_hat = (x - jnp.expand_dims(mean, axes)) * lax.rsqrt(jnp.expand_dims(var, axes) + epsilon)
   return x_hat, mean, var
+
+
+def batch_stats(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """``E[x]`` and ``max(0, E[x^2] - E[x]^2)`` over ``axes`` (Flax's fast variance)."""
+  mean = x.mean(axes)
+  return mean, jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
 
 
 @normalize_batch.defjvp
@@ -70,9 +75,8 @@ class BatchNorm(nn.Module):
   with them (the evaluation network's) through Flax's formula and automatic
   derivative, as before: ``normalize_batch`` followed by the affine map was
   not faster there (1.04x the 8-cell evaluation network's step, in an A/B
-  whose noise is a few percent).  The output
-  keeps the input's dtype, so that a bfloat16 network stays bfloat16 after
-  every BN."""
+  whose noise is a few percent).  The output keeps the input's dtype, so
+  that a bfloat16 network stays bfloat16 after every BN."""
   use_running_average: bool = False
   momentum: float = _BN_MOMENTUM
   epsilon: float = _BN_EPS
@@ -86,24 +90,20 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    affine = self.use_scale or self.use_bias
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    elif affine:
-      mean = xf.mean(axes)
-      var = jnp.maximum(0.0, (xf * xf).mean(axes) - mean * mean)
-    else:
+    train, affine = not self.use_running_average, self.use_scale or self.use_bias
+    if train and not affine:
       y, mean, var = normalize_batch(xf, axes, self.epsilon)
-    if not self.use_running_average and not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
-    if self.use_running_average or affine:  # Flax's _normalize
+    else:  # Flax's _normalize
+      mean, var = batch_stats(xf, axes) if train else (ra_mean.value, ra_var.value)
       mul = lax.rsqrt(var + self.epsilon)
       if self.use_scale:
         mul = mul * self.param("scale", nn.initializers.ones, features, jnp.float32)
       y = (xf - mean) * mul
       if self.use_bias:
         y = y + self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    if train and not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
     return y.astype(x.dtype)
 
 
@@ -130,9 +130,8 @@ class Pointwise(nn.Module):
                         (1, 1, x.shape[-1], self.features), jnp.float32)
     if self.stride > 1:
       x = x[:, ::self.stride, ::self.stride, :]
-    if self.hand_vjp:
-      return shifted_ops.pointwise(x, kernel[0, 0].astype(x.dtype))
-    return lax.dot_general(x, kernel[0, 0].astype(x.dtype), (((3,), (0,)), ((), ())))
+    dot = shifted_ops.pointwise if self.hand_vjp else shifted_ops.dot_channels
+    return dot(x, kernel[0, 0].astype(x.dtype))
 
 
 class ReLUConvBN(nn.Module):

@@ -197,7 +197,8 @@ def _window_counts(n: int, stride: int) -> np.ndarray:
   return (np.minimum(centers + 1, n - 1) - np.maximum(centers - 1, 0) + 1).astype(np.float32)
 
 
-def _dot_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def dot_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``y[..., o] = sum_i x[..., i] kernel[i, o]``: a 1x1 convolution as a dot."""
   return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
@@ -214,14 +215,15 @@ def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
   ``g kernel^T`` reads ``g`` in that layout too.  Behind the barrier the
   fusion writes ``g`` in its natural layout and a plain copy transposes it
   for the kernel gradient alone (one search cell's weight-gradient program,
-  32x32, C = 16, batch 16: 0.78-0.86x the time; README).  No forward-mode derivative: used where
-  the depthwise convolution's ``custom_vjp`` is (``ops.DilConv``).
+  32x32, C = 16, batch 16: 0.78-0.86x the time; README).  No forward-mode
+  derivative: used where the depthwise convolution's ``custom_vjp`` is
+  (``ops.DilConv``).
   """
-  return _dot_channels(x, kernel)
+  return dot_channels(x, kernel)
 
 
 def _pointwise_fwd(x, kernel):
-  return _dot_channels(x, kernel), (x, kernel)
+  return dot_channels(x, kernel), (x, kernel)
 
 
 def _pointwise_bwd(res, g):
