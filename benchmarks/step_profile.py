@@ -11,6 +11,7 @@ the backward pass.  Times are summed over the CPU's worker threads, so the
 total exceeds the step's wall time when operations run in parallel.
 
   python benchmarks/step_profile.py --row xnas --batch 16
+  python benchmarks/step_profile.py --evalnet --batch 32 --top 12   # the evaluation network
 """
 from __future__ import annotations
 
@@ -25,13 +26,17 @@ import sys
 import tempfile
 import time
 
-KINDS = (  # (kind, pattern on the op_name), first match wins
+KINDS = (  # (kind, pattern on the op_name), first match wins; search and evaluation network
     ("batch norm", r"BatchNorm"),
-    ("depthwise conv", r"DilConv(_\d)?/Conv_0|DepthwiseConv"),
-    ("1x1 conv (dot)", r"DilConv(_\d)?/Conv_1|ReLUConvBN|FactorizedReduce|pre[01]|/out/|Pointwise"),
-    ("pooling (max, avg)", r"Pool"),
-    ("ReLU", r"(DilConv|ReLUConvBN|FactorizedReduce)[^ ]*/(max|select_n|gt)$"),
-    ("stem, head, loss", r"Stem|Head|log_softmax|cross_entropy|Dense"),
+    ("1x1 conv (dot)", r"dot_general|DilConv(_\d)?/Conv_1|ReLUConvBN|FactorizedReduce|pre[01]|/out/"
+                       r"|Pointwise|edge\d+/Conv_1/"),
+    ("depthwise conv", r"DilConv(_\d)?/Conv_0|DepthwiseConv|edge\d+/Conv_0/"),
+    ("pooling (max, avg)", r"Pool|edge\d+/(max|slice|eq|pad|select_n|add_any|jit\(_pad\)/pad)$"),
+    ("ReLU", r"(DilConv|ReLUConvBN|FactorizedReduce)[^ ]*/(max|select_n|gt)$|edge\d+/jit\(relu\)"),
+    ("drop-path", r"bernoulli|threefry|cell\d+/div$|cell\d+/jit\(_where\)"),
+    ("stem, head, loss", r"Stem|Head|log_softmax|cross_entropy|Dense|aux_head|classifier"
+                         r"|EvalNetwork\)/(Conv_0|BatchNorm_0)/"),
+    ("optimizer (update, clipping)", r"^jit\((train_step|weight_update|arch_update)\)/[\w;()]+$"),
     ("mixture (u_i f_i sums, node adds)", r"/mul|/add|dynamic_update_slice|/select_n|/where"),
 )
 
@@ -89,20 +94,10 @@ def _self_times(trace_file: str) -> collections.Counter:
   return times
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--row", default="xnas", help="a row of search_step.py")
-  ap.add_argument("--batch", type=int, default=16)
-  ap.add_argument("--channels", type=int, default=0)
-  ap.add_argument("--top", type=int, default=0,
-                  help="also list the N operations with the most self time")
-  args = ap.parse_args()
-  work = tempfile.mkdtemp(prefix="step_profile_")
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_dump_to={work}/hlo --xla_dump_hlo_pass_re=NONE").strip()
+def _search_step(args):
+  """One step of a ``search_step.py`` row, as ``step(i)``."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import search_step  # pylint: disable=import-outside-toplevel
   from xnas_jax import input_pipeline, search_setup, search_steps  # pylint: disable=import-outside-toplevel
   config = search_step.config_for(args.row, argparse.Namespace(
@@ -114,14 +109,63 @@ def main():
   train = jax.device_put((d.train.images, d.train.labels, d.mean, d.std))
   val = jax.device_put((d.val.images, d.val.labels, d.mean, d.std))
   idx = jax.device_put(input_pipeline.epoch_batches(jax.random.key(0), len(d.train), args.batch, 0))
-  step = functools.partial(search_steps.search_step, search, fns)
+  step_fn = functools.partial(search_steps.search_step, search, fns)
+
+  def step(i):
+    nonlocal state
+    state, _ = step_fn(state, train, val, idx[i], idx[i])
+    return state
+
+  return step, f"{args.row}, batch {args.batch}"
+
+
+def _evalnet_step(args):
+  """One training step of ``evalnet_step.py``'s JAX row, as ``step(i)``."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import evalnet_step  # pylint: disable=import-outside-toplevel
+  from xnas_jax import input_pipeline, published, retrain  # pylint: disable=import-outside-toplevel
+  eargs = argparse.Namespace(batch=args.batch, steps=3, channels=args.channels or 36,
+                             cells=args.cells, genotype=args.genotype)
+  run = retrain.build(evalnet_step.config_for(eargs), published.get(args.genotype))
+  state = retrain.init_state(run, jax.random.key(0))
+  state["epoch"] = jax.numpy.asarray(300, jax.numpy.int32)  # as evalnet_step.py
+  train_step = retrain.make_functions(run)["train_step"]
+  images, labels = jax.device_put((run.train.images, run.train.labels))
+  idx = jax.device_put(input_pipeline.epoch_batches(jax.random.key(1), len(run.train),
+                                                    args.batch, 0))
+
+  def step(i):
+    nonlocal state
+    state, _ = train_step(state, images, labels, idx[i])
+    return state
+
+  return step, (f"evaluation network {args.genotype}, C={eargs.channels}, {args.cells} cells, "
+                f"batch {args.batch}")
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--row", default="xnas", help="a row of search_step.py")
+  ap.add_argument("--evalnet", action="store_true",
+                  help="profile evalnet_step.py's JAX training step instead of a search row")
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--channels", type=int, default=0)
+  ap.add_argument("--cells", type=int, default=20, help="--evalnet: the network's cells")
+  ap.add_argument("--genotype", default="darts_v2", help="--evalnet: the genotype trained")
+  ap.add_argument("--top", type=int, default=0,
+                  help="also list the N operations with the most self time")
+  args = ap.parse_args()
+  work = tempfile.mkdtemp(prefix="step_profile_")
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_dump_to={work}/hlo --xla_dump_hlo_pass_re=NONE").strip()
+  import jax  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  step, label = (_evalnet_step if args.evalnet else _search_step)(args)
   for i in range(2):  # compile, then one untraced step
-    state, _ = step(state, train, val, idx[i], idx[i])
-    jax.block_until_ready(state)
+    jax.block_until_ready(step(i))
   jax.profiler.start_trace(f"{work}/trace")
   t0 = time.perf_counter()
-  state, _ = step(state, train, val, idx[2], idx[2])
-  jax.block_until_ready(state)
+  jax.block_until_ready(step(2))
   wall = time.perf_counter() - t0
   jax.profiler.stop_trace()
   op_names = _op_names(f"{work}/hlo")
@@ -138,7 +182,7 @@ def main():
       continue
     table[(_kind(op), _phase(op))] += us
   total = sum(table.values())
-  print(f"{args.row}, batch {args.batch}, {jax.devices()[0].platform}: traced step "
+  print(f"{label}, {jax.devices()[0].platform}: traced step "
         f"{wall * 1e3:.0f} ms (wall, under the profiler); operations' self time "
         f"{total / 1e3:.0f} ms over all threads")
   phases = ("forward", "recompute", "backward")

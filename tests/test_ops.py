@@ -197,23 +197,26 @@ def test_batch_norm_keeps_bfloat16_and_reduces_in_float32():
   assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))
 
 
-def test_pointwise_hand_vjp_matches_the_dot_and_goes_with_the_shifted_conv():
-  """``shifted_ops.pointwise`` (the kernel gradient behind a barrier) against
-  the plain dot in value and both gradients, against a NumPy product, and
-  chosen by ``DilConv`` exactly when its depthwise conv is the shifted one."""
+def test_dot_channels_matches_numpy_in_value_both_gradients_and_forward_mode():
+  """The 1x1 convolution over ``x`` flattened to ``[N, C]``: its value, its
+  input and kernel gradients (``g k^T`` and ``x^T g``) against NumPy, a jvp
+  (the second-order hypergradients take one), and ``Pointwise``'s stride."""
   kx, kk, kg = jax.random.split(jax.random.key(0), 3)
   x, k = jax.random.normal(kx, (3, 5, 4, 6)), jax.random.normal(kk, (6, 7))
   g = jax.random.normal(kg, (3, 5, 4, 7))
-  y, vjp = jax.vjp(shifted_ops.pointwise, x, k)
-  np.testing.assert_allclose(y, np.einsum("bhwi,io->bhwo", x, k), rtol=1e-5, atol=1e-5)
-  _, vjp_ref = jax.vjp(lambda x, k: jnp.einsum("bhwi,io->bhwo", x, k), x, k)
-  for got, want in zip(vjp(g), vjp_ref(g)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(vjp(g)[1], np.einsum("bhwi,bhwo->io", x, g), rtol=1e-4, atol=1e-4)
-  for impl, hand in (("shifted", True), ("grouped", False)):
-    conv = ops.DilConv(4, 3, 1, 1, depthwise_impl=impl)
-    v = conv.init(jax.random.key(1), x)
-    jaxpr = str(jax.make_jaxpr(jax.grad(
-        lambda p: jnp.sum(conv.apply({**v, "params": p}, x, mutable=["batch_stats"])[0] ** 2)))(
-            v["params"]))
-    assert ("optimization_barrier" in jaxpr) == hand, impl
+  xn, kn, gn = (np.asarray(a, np.float64) for a in (x, k, g))
+  y, vjp = jax.vjp(ops.dot_channels, x, k)
+  np.testing.assert_allclose(y, np.einsum("bhwi,io->bhwo", xn, kn), rtol=1e-5, atol=1e-5)
+  dx, dk = vjp(g)
+  np.testing.assert_allclose(dx, np.einsum("bhwo,io->bhwi", gn, kn), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dk, np.einsum("bhwi,bhwo->io", xn, gn), rtol=1e-4, atol=1e-4)
+  tx, tk = jax.random.normal(kg, x.shape), jax.random.normal(kx, k.shape)
+  _, ty = jax.jvp(ops.dot_channels, (x, k), (tx, tk))
+  want = np.einsum("bhwi,io->bhwo", np.asarray(tx, np.float64), kn) + np.einsum(
+      "bhwi,io->bhwo", xn, np.asarray(tk, np.float64))
+  np.testing.assert_allclose(ty, want, rtol=1e-4, atol=1e-4)
+  conv = ops.Pointwise(7, stride=2)
+  v = conv.init(jax.random.key(1), x)
+  np.testing.assert_allclose(conv.apply(v, x), np.einsum(
+      "bhwi,io->bhwo", xn[:, ::2, ::2], np.asarray(v["params"]["kernel"][0, 0], np.float64)),
+                             rtol=1e-5, atol=1e-5)

@@ -111,9 +111,26 @@ def batch_norm(affine: bool, train: bool, name: str | None = None) -> BatchNorm:
   return BatchNorm(use_running_average=not train, use_scale=affine, use_bias=affine, name=name)
 
 
+def dot_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``y[..., o] = sum_i x[..., i] kernel[i, o]``: a 1x1 convolution as a
+  matrix product over ``x`` flattened to ``[N, C_in]``.
+
+  The flattening is for the kernel gradient ``x^T g``: contracted over one
+  axis, XLA:CPU runs it as one dot reading both ``[N, C]`` operands as they
+  are; contracted over the three axes ``(b, h, w)`` it canonicalizes the dot
+  by transposing ``x`` to ``[C_in, N]``, and fuses that transpose with the
+  producer of ``x`` (the depthwise convolution, batch norm and ReLU before
+  it), recomputed with strided writes: 3-7 ms per convolution in the
+  evaluation network at batch 32 (``benchmarks/step_profile.py --evalnet``,
+  README).
+  """
+  y = lax.dot_general(x.reshape(-1, x.shape[-1]), kernel, (((1,), (0,)), ((), ())))
+  return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
+
+
 class Pointwise(nn.Module):
   """A 1x1 convolution without bias (``stride`` subsamples first), computed as
-  a matrix product over the channels.
+  a matrix product over the channels (``dot_channels``).
 
   Its kernel is ``[1, 1, C_in, C_out]`` under the name ``kernel``, as
   ``nn.Conv(features, (1, 1))`` has it.  XLA:CPU runs a dot several times
@@ -122,7 +139,6 @@ class Pointwise(nn.Module):
   """
   features: int
   stride: int = 1
-  hand_vjp: bool = False  # shifted_ops.pointwise: a faster kernel gradient on XLA:CPU
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -130,8 +146,7 @@ class Pointwise(nn.Module):
                         (1, 1, x.shape[-1], self.features), jnp.float32)
     if self.stride > 1:
       x = x[:, ::self.stride, ::self.stride, :]
-    dot = shifted_ops.pointwise if self.hand_vjp else shifted_ops.dot_channels
-    return dot(x, kernel[0, 0].astype(x.dtype))
+    return dot_channels(x, kernel[0, 0].astype(x.dtype))
 
 
 class ReLUConvBN(nn.Module):
@@ -241,10 +256,7 @@ class DilConv(nn.Module):
     # Named as nn.Conv would be, so that the variables keep their paths.
     x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, self.depthwise_impl,
                       name="Conv_0")(x)
-    # The 1x1's hand-written VJP goes with the depthwise conv's (both lack a
-    # forward-mode derivative, which the second-order hypergradients take).
-    hand_vjp = resolve_depthwise_impl(self.depthwise_impl, self.kernel_size) == "shifted"
-    x = Pointwise(self.features, hand_vjp=hand_vjp, name="Conv_1")(x)
+    x = Pointwise(self.features, name="Conv_1")(x)
     return batch_norm(self.affine, train)(x)
 
 

@@ -3,10 +3,8 @@ hand-written derivatives for XLA:CPU.
 
 Max pooling is two 3-tap maxima with a ``jax.custom_jvp`` (``max_pool_3x3``,
 whose docstring derives the gradient's placement); average pooling two 3-tap
-sums (``avg_pool_3x3``, linear: JAX's own transpose of the slices is fused);
-the 1x1 convolution ``pointwise`` a ``jax.custom_vjp`` whose kernel gradient
-reads its operands behind an optimization barrier.  The depthwise
-convolution has a ``jax.custom_vjp``:
+sums (``avg_pool_3x3``, linear: JAX's own transpose of the slices is fused).
+The depthwise convolution has a ``jax.custom_vjp``:
 
 Forward, it is a sum of ``k*k`` strided slices of the padded input times one
 kernel tap each, which XLA fuses into one loop.  Its automatic derivative is
@@ -195,43 +193,3 @@ def _window_counts(n: int, stride: int) -> np.ndarray:
   """How many of the taps ``s i - 1, s i, s i + 1`` fall in ``[0, n)``."""
   centers = stride * np.arange(_out_size(n, 3, stride, 1, 1))
   return (np.minimum(centers + 1, n - 1) - np.maximum(centers - 1, 0) + 1).astype(np.float32)
-
-
-def dot_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """``y[..., o] = sum_i x[..., i] kernel[i, o]``: a 1x1 convolution as a dot."""
-  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-
-
-@jax.custom_vjp
-def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A 1x1 convolution ``y[..., o] = sum_i x[..., i] kernel[i, o]`` whose
-  kernel gradient ``sum_(b,h,w) x[..., i] g[..., o]`` reads ``x`` and ``g``
-  through an ``optimization_barrier``.
-
-  Without it, XLA:CPU gives ``g`` the transposed (channel-major) layout
-  that its dot wants for this product and writes it so from the fusion that
-  computes it (batch norm's backward), a strided write that cost up to 15
-  ms per convolution at batch 16, 32x32, C = 16, while the input gradient
-  ``g kernel^T`` reads ``g`` in that layout too.  Behind the barrier the
-  fusion writes ``g`` in its natural layout and a plain copy transposes it
-  for the kernel gradient alone (one search cell's weight-gradient program,
-  32x32, C = 16, batch 16: 0.78-0.86x the time; README).  No forward-mode
-  derivative: used where the depthwise convolution's ``custom_vjp`` is
-  (``ops.DilConv``).
-  """
-  return dot_channels(x, kernel)
-
-
-def _pointwise_fwd(x, kernel):
-  return dot_channels(x, kernel), (x, kernel)
-
-
-def _pointwise_bwd(res, g):
-  x, kernel = res
-  dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
-  xb, gb = lax.optimization_barrier((x, g))
-  axes = tuple(range(x.ndim - 1))
-  return dx, lax.dot_general(xb, gb, ((axes, axes), ((), ()))).astype(kernel.dtype)
-
-
-pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
