@@ -13,7 +13,9 @@ synthetic 32x32 images, each in a process of its own:
 
 Prints the step times (``timing``: one warm-up step, then the timed steps),
 their ratio, and each process's peak memory (host RSS; ``peak_memory``:
-whole, and steady during the timed steps).
+whole, and steady during the timed steps).  Like ``retrain``'s loop, the JAX
+row hands the compiler's freed heap back after each compilation
+(``host_memory``) unless ``--keep-heap``.
 
   python benchmarks/evalnet_step.py --batch 32 --steps 3
   python benchmarks/evalnet_step.py --batch 96 --steps 2 --genotype xnas
@@ -42,7 +44,9 @@ def config_for(args):
 def measure_jax(args) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from xnas_jax import input_pipeline, published, retrain  # pylint: disable=import-outside-toplevel
+  from xnas_jax import host_memory, input_pipeline, published, retrain  # pylint: disable=import-outside-toplevel
+  if not args.keep_heap:
+    host_memory.install()  # as retrain.train_and_evaluate does
   run = retrain.build(config_for(args), published.get(args.genotype))
   state = retrain.init_state(run, jax.random.key(0))
   state["epoch"] = jax.numpy.asarray(300, jax.numpy.int32)  # drop-path at half its final rate
@@ -95,6 +99,8 @@ def main():
   ap.add_argument("--channels", type=int, default=36)
   ap.add_argument("--cells", type=int, default=20)
   ap.add_argument("--genotype", default="darts_v2")
+  ap.add_argument("--keep-heap", action="store_true",
+                  help="JAX row: without host_memory's trim after each compilation")
   ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one row
   args = ap.parse_args()
   if args.one:
@@ -106,7 +112,8 @@ def main():
   results = {}
   for row in ("jax", "torch"):
     cmd = [sys.executable, __file__, "--one", row] + [
-        f"--{k}={v}" for k, v in vars(args).items() if k != "one"]
+        f"--{k}={v}" for k, v in vars(args).items() if k not in ("one", "keep_heap")]
+    cmd += ["--keep-heap"] if args.keep_heap else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
       print(f"{row}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)

@@ -23,7 +23,9 @@ high-water mark start fresh): it times ``--steps`` search steps after one
 warm-up step (``timing``), exactly as ``train.train_and_evaluate`` runs them (index batches
 on the device, async dispatch, one sync at the end).  Peak memory is the
 device's ``peak_bytes_in_use`` on a GPU and the process's peak RSS on a CPU
-(``peak_memory``: for JAX it includes XLA's compilation); the pairs' table
+(``peak_memory``: for JAX it includes XLA's compilation; like the search
+loop, the JAX rows hand the compiler's freed heap back after each compilation,
+``host_memory``, unless ``--keep-heap``); the pairs' table
 adds the steady peak, the most the process held during the timed steps.
 "min/epoch" is the time of one CIFAR-10 search epoch (25 000 training images
 at this batch size), the unit the papers report (XNAS: 8.5 min on a GTX
@@ -94,7 +96,9 @@ def measure(row: str, args) -> dict:
   import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from xnas_jax import input_pipeline, search_setup, search_steps, seeds  # pylint: disable=import-outside-toplevel
+  from xnas_jax import host_memory, input_pipeline, search_setup, search_steps, seeds  # pylint: disable=import-outside-toplevel
+  if not getattr(args, "keep_heap", False):
+    host_memory.install()  # as train.train_and_evaluate does
   config = config_for(row, args)
   configs = seeds.seed_configs(config)
   searches = [search_setup.build_search(c) for c in configs]
@@ -193,6 +197,8 @@ def main():
   ap.add_argument("--vs-torch", action="store_true",
                   help="also time the PyTorch twins of the xnas and darts rows")
   ap.add_argument("--json", default="")
+  ap.add_argument("--keep-heap", action="store_true",
+                  help="JAX rows: without host_memory's trim after each compilation")
   ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one row
   args = ap.parse_args()
   if args.one:
@@ -206,6 +212,7 @@ def main():
   for row in rows:
     cmd = [sys.executable, __file__, "--one", row, "--batch", str(args.batch), "--steps",
            str(args.steps), "--seeds", str(args.seeds), "--channels", str(args.channels)]
+    cmd += ["--keep-heap"] if args.keep_heap else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
       print(f"{row}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)

@@ -34,6 +34,7 @@ from xnas_jax import cli
 from xnas_jax import evalnet
 from xnas_jax import events
 from xnas_jax import figures
+from xnas_jax import host_memory
 from xnas_jax import input_pipeline
 from xnas_jax import optim
 from xnas_jax import parallel
@@ -219,6 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
   state = parallel.replicate(state, mesh)
   images, labels = parallel.replicate((run.train.images, run.train.labels), mesh)
   throttle = parallel.step_throttle(mesh)
+  host_memory.install()
   fns = make_functions(run)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = int(state["epoch"])

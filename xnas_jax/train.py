@@ -26,6 +26,7 @@ from xnas_jax import budget
 from xnas_jax import checkpointing
 from xnas_jax import cli
 from xnas_jax import compile_counter
+from xnas_jax import host_memory
 from xnas_jax import config_checks
 from xnas_jax import events
 from xnas_jax import figures
@@ -145,6 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   checkpointing.truncate_metrics(metrics_path, start_epoch)
   compile_counter.install()
+  host_memory.install()
   fns = search_steps.step_functions(run.searches[0])
   step = run.step_function(fns)
   train_data, val_data = run.data("train", mesh), run.data("val", mesh)
