@@ -97,7 +97,7 @@ def measure(row: str, args) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from xnas_jax import host_memory, input_pipeline, search_setup, search_steps, seeds  # pylint: disable=import-outside-toplevel
-  if not getattr(args, "keep_heap", False):
+  if not args.keep_heap:
     host_memory.install()  # as train.train_and_evaluate does
   config = config_for(row, args)
   configs = seeds.seed_configs(config)

@@ -1,6 +1,9 @@
 """``host_memory``: the compiler's freed heap handed back after a compilation."""
 import ctypes
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from xnas_jax import host_memory
@@ -45,3 +48,22 @@ def test_the_listener_trims_only_after_long_backend_compilations():
   assert host_memory.trims() == before
   host_memory._listener(host_memory._EVENT, host_memory.MIN_SECONDS)
   assert host_memory.trims() == before + (host_memory._TRIM is not None)
+
+
+def test_install_trims_after_a_real_backend_compilation(no_persistent_cache, monkeypatch):
+  """Through ``jax.monitoring``: a fresh program's compilation fires the
+  event and the listener trims (the threshold lowered to 0 s for a small one)."""
+  monkeypatch.setattr(host_memory, "MIN_SECONDS", 0.0)
+  host_memory.install()
+  host_memory.install()
+  from jax._src import monitoring  # pylint: disable=import-outside-toplevel
+  # Once per process: the second call adds no second listener.
+  assert monitoring._event_duration_secs_listeners.count(host_memory._listener) == 1
+  scale = float(np.random.default_rng().integers(1, 10**6))  # a program no cache holds
+  x = jnp.ones(3)
+  before = host_memory.trims()
+  jax.jit(lambda x: jnp.sin(x) * scale)(x).block_until_ready()
+  if host_memory._TRIM is None:
+    assert host_memory.trims() == before
+  else:
+    assert host_memory.trims() > before

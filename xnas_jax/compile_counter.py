@@ -9,7 +9,7 @@ import threading
 
 import jax
 
-_EVENT = "/jax/core/compile/backend_compile_duration"
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch
 _lock = threading.Lock()
 _count = 0
 _seconds = 0.0
@@ -19,7 +19,7 @@ _registered = False
 def _listener(event: str, duration: float, **kwargs) -> None:
   del kwargs
   global _count, _seconds
-  if event == _EVENT:
+  if event == BACKEND_COMPILE_EVENT:
     with _lock:
       _count += 1
       _seconds += duration

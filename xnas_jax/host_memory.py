@@ -10,8 +10,9 @@ resident set was 6083 MiB, against PyTorch's 4160 MiB
 ``install()`` adds a listener to JAX's backend-compile event
 (``jax.monitoring``, as ``compile_counter`` does). After every compilation
 that took at least ``MIN_SECONDS``, it calls glibc's ``malloc_trim(0)``. That
-runs between the compilation and the program's first run, and costs
-milliseconds. Where there is no glibc (macOS, musl), it does nothing.
+runs between the compilation and the program's first run; handing back 800
+MiB of freed small blocks took 55 ms here. Where there is no ``malloc_trim``
+(macOS, musl), it does nothing.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import threading
 
 import jax
 
-_EVENT = "/jax/core/compile/backend_compile_duration"
+from xnas_jax.compile_counter import BACKEND_COMPILE_EVENT as _EVENT
+
 MIN_SECONDS = 1.0  # the step programs; not the many small programs of eager code
 _lock = threading.Lock()
 _registered = False
