@@ -13,7 +13,7 @@ BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src
 _lock = threading.Lock()
 _count = 0
 _seconds = 0.0
-_registered = False
+_registered = []  # the listeners listen_once has registered
 
 
 def _listener(event: str, duration: float, **kwargs) -> None:
@@ -25,13 +25,19 @@ def _listener(event: str, duration: float, **kwargs) -> None:
       _seconds += duration
 
 
+def listen_once(listener) -> None:
+  """Registers ``listener(event, duration, **kwargs)`` with
+  ``jax.monitoring``'s event durations, once per process however often it is
+  called (``install`` here, ``host_memory.install``)."""
+  with _lock:
+    if listener not in _registered:
+      jax.monitoring.register_event_duration_secs_listener(listener)
+      _registered.append(listener)
+
+
 def install() -> None:
   """Registers the listener once per process."""
-  global _registered
-  with _lock:
-    if not _registered:
-      jax.monitoring.register_event_duration_secs_listener(_listener)
-      _registered = True
+  listen_once(_listener)
 
 
 def snapshot() -> tuple[int, float]:

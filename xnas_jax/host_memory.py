@@ -20,13 +20,11 @@ import ctypes
 import ctypes.util
 import threading
 
-import jax
-
+from xnas_jax import compile_counter
 from xnas_jax.compile_counter import BACKEND_COMPILE_EVENT as _EVENT
 
 MIN_SECONDS = 1.0  # the step programs; not the many small programs of eager code
 _lock = threading.Lock()
-_registered = False
 _trims = 0
 
 
@@ -63,11 +61,7 @@ def _listener(event: str, duration: float, **kwargs) -> None:
 
 def install() -> None:
   """Registers the listener once per process."""
-  global _registered
-  with _lock:
-    if not _registered:
-      jax.monitoring.register_event_duration_secs_listener(_listener)
-      _registered = True
+  compile_counter.listen_once(_listener)
 
 
 def trims() -> int:

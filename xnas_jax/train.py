@@ -26,10 +26,10 @@ from xnas_jax import budget
 from xnas_jax import checkpointing
 from xnas_jax import cli
 from xnas_jax import compile_counter
-from xnas_jax import host_memory
 from xnas_jax import config_checks
 from xnas_jax import events
 from xnas_jax import figures
+from xnas_jax import host_memory
 from xnas_jax import input_pipeline
 from xnas_jax import parallel
 from xnas_jax import progressive
