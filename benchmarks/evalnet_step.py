@@ -41,12 +41,10 @@ def config_for(args):
   return c
 
 
-def measure_jax(args) -> dict:
+def jax_step_function(args):
+  """``step(i)``: the JAX row's ``i``-th training step; returns its metrics."""
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from xnas_jax import host_memory, input_pipeline, published, retrain  # pylint: disable=import-outside-toplevel
-  if not args.keep_heap:
-    host_memory.install()  # as retrain.train_and_evaluate does
+  from xnas_jax import input_pipeline, published, retrain  # pylint: disable=import-outside-toplevel
   run = retrain.build(config_for(args), published.get(args.genotype))
   state = retrain.init_state(run, jax.random.key(0))
   state["epoch"] = jax.numpy.asarray(300, jax.numpy.int32)  # drop-path at half its final rate
@@ -59,6 +57,16 @@ def measure_jax(args) -> dict:
     state, m = fns["train_step"](state, images, labels, jax.device_put(idx[i]))
     return m
 
+  return step
+
+
+def measure_jax(args) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from xnas_jax import host_memory  # pylint: disable=import-outside-toplevel
+  if not args.keep_heap:
+    host_memory.install()  # as retrain.train_and_evaluate does
+  step = jax_step_function(args)
   first, step_s, m = timing.warm_then_time(step, args.steps, jax.block_until_ready)
   return {"row": "jax", "device": str(jax.devices()[0].platform), "step_s": step_s,
           "first_step_s": first, "finite": bool(np.isfinite(np.asarray(m)).all())}

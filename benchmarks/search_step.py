@@ -92,13 +92,14 @@ def half_wiped(state, key):
                                                                      state["arch_opt_state"]))
 
 
-def measure(row: str, args) -> dict:
+def step_function(row: str, args):
+  """``(one_step, config, k)``: ``one_step(i)`` runs the row's ``i``-th search
+  step (its ``K = k`` seeds vmapped when ``k > 1``) and returns ``(state,
+  metrics)``."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from xnas_jax import host_memory, input_pipeline, search_setup, search_steps, seeds  # pylint: disable=import-outside-toplevel
-  if not args.keep_heap:
-    host_memory.install()  # as train.train_and_evaluate does
+  from xnas_jax import input_pipeline, search_setup, search_steps, seeds  # pylint: disable=import-outside-toplevel
   config = config_for(row, args)
   configs = seeds.seed_configs(config)
   searches = [search_setup.build_search(c) for c in configs]
@@ -129,6 +130,17 @@ def measure(row: str, args) -> dict:
     state, m = step(state, train_data, val_data, tr[i % len(tr)], va[i % len(va)])
     return state, m
 
+  return one_step, config, k
+
+
+def measure(row: str, args) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from xnas_jax import host_memory  # pylint: disable=import-outside-toplevel
+  if not args.keep_heap:
+    host_memory.install()  # as train.train_and_evaluate does
+  one_step, config, k = step_function(row, args)
+  b = config.batch_size
   compile_s, step_s, (state, m) = timing.warm_then_time(one_step, args.steps,
                                                          jax.block_until_ready)
   steady = peak_memory.steady_peak_bytes()

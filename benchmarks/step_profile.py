@@ -96,51 +96,20 @@ def _self_times(trace_file: str) -> collections.Counter:
 
 def _search_step(args):
   """One step of a ``search_step.py`` row, as ``step(i)``."""
-  import functools  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
   import search_step  # pylint: disable=import-outside-toplevel
-  from xnas_jax import input_pipeline, search_setup, search_steps  # pylint: disable=import-outside-toplevel
-  config = search_step.config_for(args.row, argparse.Namespace(
+  one_step, _, _ = search_step.step_function(args.row, argparse.Namespace(
       batch=args.batch, channels=args.channels, seeds=1))
-  search = search_setup.build_search(config)
-  fns = search_steps.step_functions(search)
-  state = search_setup.init_state(search, jax.random.key(config.seed))
-  d = search.data
-  train = jax.device_put((d.train.images, d.train.labels, d.mean, d.std))
-  val = jax.device_put((d.val.images, d.val.labels, d.mean, d.std))
-  idx = jax.device_put(input_pipeline.epoch_batches(jax.random.key(0), len(d.train), args.batch, 0))
-  step_fn = functools.partial(search_steps.search_step, search, fns)
-
-  def step(i):
-    nonlocal state
-    state, _ = step_fn(state, train, val, idx[i], idx[i])
-    return state
-
-  return step, f"{args.row}, batch {args.batch}"
+  return one_step, f"{args.row}, batch {args.batch}"
 
 
 def _evalnet_step(args):
   """One training step of ``evalnet_step.py``'s JAX row, as ``step(i)``."""
-  import jax  # pylint: disable=import-outside-toplevel
   import evalnet_step  # pylint: disable=import-outside-toplevel
-  from xnas_jax import input_pipeline, published, retrain  # pylint: disable=import-outside-toplevel
   eargs = argparse.Namespace(batch=args.batch, steps=3, channels=args.channels or 36,
                              cells=args.cells, genotype=args.genotype)
-  run = retrain.build(evalnet_step.config_for(eargs), published.get(args.genotype))
-  state = retrain.init_state(run, jax.random.key(0))
-  state["epoch"] = jax.numpy.asarray(300, jax.numpy.int32)  # as evalnet_step.py
-  train_step = retrain.make_functions(run)["train_step"]
-  images, labels = jax.device_put((run.train.images, run.train.labels))
-  idx = jax.device_put(input_pipeline.epoch_batches(jax.random.key(1), len(run.train),
-                                                    args.batch, 0))
-
-  def step(i):
-    nonlocal state
-    state, _ = train_step(state, images, labels, idx[i])
-    return state
-
-  return step, (f"evaluation network {args.genotype}, C={eargs.channels}, {args.cells} cells, "
-                f"batch {args.batch}")
+  return evalnet_step.jax_step_function(eargs), (
+      f"evaluation network {args.genotype}, C={eargs.channels}, {args.cells} cells, "
+      f"batch {args.batch}")
 
 
 def main():
