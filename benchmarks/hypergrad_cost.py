@@ -26,7 +26,8 @@ import numpy as np
 
 from xnas_jax import search_setup
 from xnas_jax import search_steps
-from xnas_jax.search_space import CELL_TYPES
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("first_order", "darts_second_order", "darts_second_order_fd", "amended", "implicit")

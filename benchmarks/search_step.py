@@ -167,7 +167,8 @@ def measure_torch(row: str, args) -> dict:
   import torch  # pylint: disable=import-outside-toplevel
   import torch_search  # pylint: disable=import-outside-toplevel
   from xnas_jax import input_pipeline, search_setup  # pylint: disable=import-outside-toplevel
-  from xnas_jax.search_space import CELL_TYPES  # pylint: disable=import-outside-toplevel
+  from xnas_jax.search_space import get_search_space  # pylint: disable=import-outside-toplevel
+  CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
   config = config_for(row, args)
   search = search_setup.build_search(config)
   b = config.batch_size

@@ -29,7 +29,9 @@ import torch.nn.functional as F
 
 import torch_search
 from torch_search import _bn, _load_bn, _set_conv, _t
-from xnas_jax.search_space import NUM_INPUTS, NUM_NODES, reduction_layers
+from xnas_jax.search_space import reduction_layers, get_search_space
+NUM_INPUTS = get_search_space().num_inputs  # the DARTS cell's
+NUM_NODES = get_search_space().num_nodes  # the DARTS cell's
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

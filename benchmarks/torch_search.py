@@ -32,7 +32,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
+NUM_INPUTS = get_search_space().num_inputs  # the DARTS cell's
+NUM_NODES = get_search_space().num_nodes  # the DARTS cell's
 
 
 def _t(a) -> torch.Tensor:

@@ -31,7 +31,8 @@ import numpy as np
 from xnas_jax import search_steps
 from xnas_jax import arch as arch_lib
 from xnas_jax.rebuild import carry_over
-from xnas_jax.search_space import CELL_TYPES, get_search_space
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
 from xnas_jax.supernet import Supernet
 
 

@@ -14,7 +14,8 @@ from xnas_jax import checkpointing
 from xnas_jax import optim
 from xnas_jax import search_setup
 from xnas_jax import search_steps
-from xnas_jax.search_space import CELL_TYPES
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
 
 
 @pytest.mark.parametrize("name", arch_optimizers.names())

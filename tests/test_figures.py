@@ -67,7 +67,7 @@ def _lines(space, epochs=3):
 def test_the_report_draws_every_edge_and_frames_the_kept_ones():
   space = get_search_space("xnas", "darts")
   genotype = published.get("xnas")
-  fig = figures.report_figure(_lines(space), space.ops, space.edges, "t", genotype)
+  fig = figures.report_figure(_lines(space), space, "t", genotype)
   # 14 edges per cell type, plus the live-experts and the entropy panels.
   assert len(fig.axes) == 2 * space.num_edges + 2
   edge_axes = fig.axes[:space.num_edges]  # the normal cell's, in space.edges order
@@ -86,4 +86,4 @@ def test_the_report_draws_every_edge_and_frames_the_kept_ones():
 def test_a_report_needs_metrics_lines():
   space = get_search_space("xnas", "darts")
   with pytest.raises(ValueError, match="no metrics lines"):
-    figures.report_figure([], space.ops, space.edges)
+    figures.report_figure([], space)

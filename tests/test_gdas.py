@@ -10,7 +10,8 @@ from search_configs import tiny_config
 from xnas_jax import search_setup
 from xnas_jax import search_steps
 from xnas_jax.arch_optimizers import gdas
-from xnas_jax.search_space import CELL_TYPES
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
 
 
 def test_the_temperature_falls_linearly_per_epoch_from_10_to_0_1():

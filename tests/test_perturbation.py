@@ -10,7 +10,10 @@ import pytest
 
 from xnas_jax import search_setup
 from xnas_jax import perturbation, train
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, get_search_space
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
+NUM_INPUTS = get_search_space().num_inputs  # the DARTS cell's
+NUM_NODES = get_search_space().num_nodes  # the DARTS cell's
 from search_configs import FEW_OPS, tiny_config
 
 

@@ -12,14 +12,16 @@ from xnas_jax import config_checks
 from xnas_jax import progressive
 from xnas_jax import search_setup
 from xnas_jax import train
-from xnas_jax.search_space import CELL_TYPES
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
 
 
 def test_prune_keeps_the_strongest_live_experts():
   u = np.array([[0.1, 0.4, 0.2, 0.3], [0.25, 0.25, 0.4, 0.1], [0.7, 0.1, 0.1, 0.1]])
   masks = np.ones((3, 4), bool)
   masks[2, 0] = False  # a wiped expert is never kept, however large its weight
-  kept = progressive.prune({t: u for t in CELL_TYPES}, {t: masks for t in CELL_TYPES}, 2)
+  kept = progressive.prune({t: u for t in CELL_TYPES}, {t: masks for t in CELL_TYPES}, 2,
+                           CELL_TYPES)
   assert kept[0] == kept[1] == (
       (False, True, False, True),   # 0.4, 0.3
       (True, False, True, False),   # 0.4, then the tie 0.25 / 0.25 to the lower index

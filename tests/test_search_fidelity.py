@@ -11,7 +11,8 @@ from xnas_jax import search_setup
 from xnas_jax import selection
 from xnas_jax import genotype as genotype_lib
 from xnas_jax import optim
-from xnas_jax.search_space import CELL_TYPES
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
 from search_configs import tiny_config
 
 

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from xnas_jax import ops as ops_lib
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, get_search_space
+from xnas_jax.search_space import get_search_space
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
+NUM_INPUTS = get_search_space().num_inputs  # the DARTS cell's
 from xnas_jax.supernet import SearchCell, Supernet
 
 

@@ -23,7 +23,8 @@ import torch_search  # noqa: E402  pylint: disable=wrong-import-position
 from xnas_jax import arch as arch_lib  # noqa: E402
 from xnas_jax import evalnet  # noqa: E402
 from xnas_jax.genotype import Genotype  # noqa: E402
-from xnas_jax.search_space import CELL_TYPES, get_search_space  # noqa: E402
+from xnas_jax.search_space import get_search_space  # noqa: E402
+CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
 from xnas_jax.supernet import Supernet  # noqa: E402
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from xnas_jax.search_space import CELL_TYPES, SearchSpace
+from xnas_jax.search_space import SearchSpace
 
-ArchParams = dict[str, jax.Array]  # {"normal": [E, N], "reduce": [E, N]}
+ArchParams = dict[str, jax.Array]  # per cell type [E, N]: {"normal": ..., "reduce": ...} in DARTS
 
 
 def init_arch_params(space: SearchSpace, key: jax.Array | None = None,
@@ -26,10 +26,11 @@ def init_arch_params(space: SearchSpace, key: jax.Array | None = None,
   """Zeros (uniform mixture; XNAS Alg. 1 line 2: v_0 = 1), or DARTS's
   ``1e-3 * N(0, 1)`` when ``scale`` and ``key`` are given."""
   shape = (space.num_edges, space.num_ops)
+  types = space.cell_types
   if key is None or scale == 0.0:
-    return {t: jnp.zeros(shape, jnp.float32) for t in CELL_TYPES}
-  keys = jax.random.split(key, len(CELL_TYPES))
-  return {t: scale * jax.random.normal(k, shape, jnp.float32) for t, k in zip(CELL_TYPES, keys)}
+    return {t: jnp.zeros(shape, jnp.float32) for t in types}
+  keys = jax.random.split(key, len(types))
+  return {t: scale * jax.random.normal(k, shape, jnp.float32) for t, k in zip(types, keys)}
 
 
 def mixture_weights(arch: ArchParams, masks: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -38,7 +39,7 @@ def mixture_weights(arch: ArchParams, masks: dict[str, jax.Array]) -> dict[str, 
   Uses the double ``where`` so that no ``-inf`` or ``nan`` reaches a gradient
   through a wiped entry.
   """
-  return {t: masked_softmax(arch[t], masks[t]) for t in CELL_TYPES}
+  return {t: masked_softmax(arch[t], m) for t, m in masks.items()}
 
 
 def masked_softmax(a: jax.Array, mask: jax.Array) -> jax.Array:

@@ -2,7 +2,9 @@
 that keeps the expected cost of the found network within a target.
 
 Costs are those of the *evaluation network* the found cells will be trained
-in (DARTS's ``NetworkCIFAR``, ``xnas_jax.evalnet``: ``budget.channels`` = 36
+in; each space family (``xnas_jax.spaces``) gives its own cost model, and
+this module holds the DARTS family's and the penalty every family shares.
+In the DARTS space that network is ``NetworkCIFAR`` (``xnas_jax.evalnet``: ``budget.channels`` = 36
 and ``budget.num_cells`` = 20 by default, at the data's image size), so that a
 target is in the units a paper reports:
 
@@ -45,8 +47,11 @@ from xnas_jax import config_checks
 from xnas_jax import evalnet
 from xnas_jax import ops as ops_lib
 from xnas_jax.genotype import Genotype
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, SearchSpace
+from xnas_jax.search_space import SearchSpace
 from xnas_jax.search_space import reduction_layers
+
+# The DARTS evaluation cell: two inputs, four concatenated nodes.
+_INPUTS, _NODES = Genotype.num_inputs, 4
 
 METRICS = ("none", "flops", "params")
 RULES = (("budget.target", "nonnegative"), ("budget.weight", "nonnegative"),
@@ -104,7 +109,7 @@ def plan(channels: int, num_cells: int, image_shape: tuple[int, ...],
     out.append(CellPlan("reduce" if reduction else "normal", c, h, w, c_pp, c_p, reduction_prev))
     if reduction:
       h, w = math.ceil(h / 2), math.ceil(w / 2)
-    c_pp, c_p, reduction_prev = c_p, NUM_NODES * c, reduction
+    c_pp, c_p, reduction_prev = c_p, _NODES * c, reduction
   return out
 
 
@@ -119,7 +124,7 @@ def _fixed_macs(cells: list[CellPlan], image_shape, channels: int, num_classes: 
     else:
       total += p.channels_prev_prev * p.channels * p.height * p.width
     total += p.channels_prev * p.channels * p.height * p.width
-  return total + NUM_NODES * cells[-1].channels * num_classes
+  return total + _NODES * cells[-1].channels * num_classes
 
 
 def _op_cost(metric: str, name: str, p: CellPlan, src: int) -> float:
@@ -128,7 +133,7 @@ def _op_cost(metric: str, name: str, p: CellPlan, src: int) -> float:
   edges between nodes run at the reduced size."""
   h, w, stride = p.height, p.width, 1
   if p.cell_type == "reduce":
-    if src < NUM_INPUTS:
+    if src < _INPUTS:
       stride = 2
     else:
       h, w = math.ceil(h / 2), math.ceil(w / 2)
@@ -152,7 +157,7 @@ def edge_costs(space: SearchSpace, metric: str, image_shape: tuple[int, ...],
   cells = plan(channels, num_cells, image_shape)
   indegree = {d: sum(1 for _, dd in space.edges if dd == d) for _, d in space.edges}
   keep = np.asarray([min(2, indegree[d]) / indegree[d] for _, d in space.edges])
-  per_edge = {t: np.zeros((space.num_edges, space.num_ops)) for t in CELL_TYPES}
+  per_edge = {t: np.zeros((space.num_edges, space.num_ops)) for t in space.cell_types}
   for p in cells:
     for e, (src, _) in enumerate(space.edges):
       for i, name in enumerate(space.ops):
@@ -165,8 +170,9 @@ def fixed_cost(metric: str, cells: list[CellPlan], image_shape, channels: int,
   """What every genotype's evaluation network costs besides its operations."""
   if metric == "flops":
     return _fixed_macs(cells, image_shape, channels, num_classes) / 1e6
-  pool = tuple(("max_pool_3x3", i % 2) for i in range(2 * NUM_NODES))  # parameter-free ops
-  g = Genotype(pool, (2, 3, 4, 5), pool, (2, 3, 4, 5))
+  pool = tuple(("max_pool_3x3", i % 2) for i in range(2 * _NODES))  # parameter-free ops
+  concat = tuple(range(_INPUTS, _INPUTS + _NODES))
+  g = Genotype(pool, concat, pool, concat)
   net = evalnet.EvalNetwork(g, num_classes, channels, len(cells), auxiliary=False)
   k = jax.random.key(0)
   shapes = jax.eval_shape(lambda: net.init({"params": k, "dropout": k, "noise": k},
@@ -174,9 +180,17 @@ def fixed_cost(metric: str, cells: list[CellPlan], image_shape, channels: int,
   return evalnet.parameter_count(shapes["params"]) / 1e6
 
 
-def genotype_cost(genotype: Genotype, metric: str, image_shape: tuple[int, ...],
+def genotype_cost(genotype, metric: str, image_shape: tuple[int, ...],
                   num_classes: int, channels: int = 36, num_cells: int = 20) -> float:
-  """Millions of ``metric`` of ``genotype``'s evaluation network."""
+  """Millions of ``metric`` of ``genotype``'s evaluation network (any space's)."""
+  from xnas_jax import spaces  # pylint: disable=import-outside-toplevel
+  fam = spaces.family_of_genotype(genotype)
+  return fam.genotype_cost(genotype, metric, image_shape, num_classes, channels, num_cells)
+
+
+def darts_genotype_cost(genotype: Genotype, metric: str, image_shape: tuple[int, ...],
+                        num_classes: int, channels: int = 36, num_cells: int = 20) -> float:
+  """Millions of ``metric`` of a DARTS genotype's ``NetworkCIFAR``."""
   cells = plan(channels, num_cells, image_shape)
   total = fixed_cost(metric, cells, image_shape, channels, num_classes)
   for p in cells:
@@ -191,14 +205,15 @@ def build(config: ml_collections.ConfigDict, space: SearchSpace, image_shape,
   b = config.get("budget")
   if b is None or b.metric == "none":
     return None
-  fixed, per_edge = edge_costs(space, b.metric, image_shape, num_classes, b.channels,
-                               b.num_cells)
+  from xnas_jax import spaces  # pylint: disable=import-outside-toplevel
+  fixed, per_edge = spaces.family(space).edge_costs(space, b.metric, image_shape, num_classes,
+                                                    b.channels, b.num_cells)
   return EdgeCosts(b.metric, fixed, per_edge, float(b.target), float(b.weight))
 
 
 def expected_cost(costs: EdgeCosts, u: dict[str, jax.Array]) -> jax.Array:
   """``fixed + sum_t sum_{e,i} u c`` (millions)."""
-  return costs.fixed + sum(jnp.sum(u[t] * costs.per_edge[t]) for t in CELL_TYPES)
+  return costs.fixed + sum(jnp.sum(u[t] * c) for t, c in costs.per_edge.items())
 
 
 def penalty(costs: EdgeCosts, u: dict[str, jax.Array]) -> jax.Array:

@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.limit = 0
   config.seed = 0
   config.num_seeds = 1  # K > 1: seeds seed..seed+K-1 as one vmapped search
+  # The search space's family (xnas_jax.spaces): "darts" (op_set and
+  # topology name its cell) or "nb201" (NAS-Bench-201; op_set "nb201").
+  config.space = "darts"
   config.op_set = "xnas"
   config.topology = "darts"
   config.channels = 8

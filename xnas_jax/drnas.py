@@ -19,9 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from xnas_jax.search_space import CELL_TYPES
-
-ArchParams = dict[str, jax.Array]
+ArchParams = dict[str, jax.Array]  # per cell type
 
 
 def concentration(b: jax.Array) -> jax.Array:
@@ -37,8 +35,8 @@ def sample_weights(key: jax.Array, arch: ArchParams,
   Dirichlet of that subset's concentrations (the gamma construction), so
   masking after sampling draws from the right distribution.
   """
-  out = {}
-  for k, t in zip(jax.random.split(key, len(CELL_TYPES)), CELL_TYPES):
+  out, types = {}, sorted(masks)  # one key per cell type, in a fixed order
+  for k, t in zip(jax.random.split(key, len(types)), types):
     theta = jax.random.dirichlet(k, concentration(arch[t]))
     theta = jnp.where(masks[t], theta, 0.0)
     out[t] = theta / jnp.sum(theta, axis=-1, keepdims=True)
@@ -48,7 +46,7 @@ def sample_weights(key: jax.Array, arch: ArchParams,
 def mean_weights(arch: ArchParams, masks: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """``E[theta] = beta / sum(beta)`` over the live experts."""
   out = {}
-  for t in CELL_TYPES:
+  for t in masks:
     beta = jnp.where(masks[t], concentration(arch[t]), 0.0)
     out[t] = beta / jnp.sum(beta, axis=-1, keepdims=True)
   return out
@@ -71,4 +69,4 @@ def dirichlet_kl(alpha: jax.Array, prior: jax.Array) -> jax.Array:
 def kl_regularizer(arch: ArchParams, prior: float = 1.0) -> jax.Array:
   """``sum over edges and cell types of KL(Dir(beta) || Dir(prior))``."""
   return sum(jnp.sum(dirichlet_kl(concentration(arch[t]),
-                                  jnp.full_like(arch[t], prior))) for t in CELL_TYPES)
+                                  jnp.full_like(arch[t], prior))) for t in arch)

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from xnas_jax import optim
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, SearchSpace
+from xnas_jax.search_space import SearchSpace
 
 PyTree = Any
 EDGES = "edges"
@@ -51,7 +51,7 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 def node_softmax(space: SearchSpace, beta: jax.Array) -> jax.Array:
   """``w``: the softmax of ``beta`` ``[E]`` over each node's incoming edges."""
   w = jnp.zeros_like(beta)
-  for dst in range(NUM_INPUTS, NUM_INPUTS + NUM_NODES):
+  for dst in space.nodes:
     idx = np.asarray(space.incoming(dst))
     w = w.at[idx].set(jax.nn.softmax(beta[idx]))
   return w
@@ -59,14 +59,14 @@ def node_softmax(space: SearchSpace, beta: jax.Array) -> jax.Array:
 
 def edge_weights(space: SearchSpace, beta: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """``w`` per cell type."""
-  return {t: node_softmax(space, beta[t]) for t in CELL_TYPES}
+  return {t: node_softmax(space, beta[t]) for t in space.cell_types}
 
 
 def split(tree: PyTree | None) -> tuple[PyTree | None, PyTree | None]:
   """``(the cell types' part, the edges' part)`` of parameters, gradients or weights."""
   if tree is None:
     return None, None
-  return {t: tree[t] for t in CELL_TYPES}, tree.get(EDGES)
+  return {t: v for t, v in tree.items() if t != EDGES}, tree.get(EDGES)
 
 
 class EdgeNormState(NamedTuple):
@@ -108,10 +108,11 @@ def wrap(opt, space: SearchSpace, cfg: ml_collections.ConfigDict, init_inner):
 
   def init_params(space_, key):
     k_inner, k_edges = jax.random.split(key)
-    keys = dict(zip(CELL_TYPES, jax.random.split(k_edges, len(CELL_TYPES))))
+    types = space_.cell_types
+    keys = dict(zip(types, jax.random.split(k_edges, len(types))))
     return dict(init_inner(space_, k_inner), **{EDGES: {
         t: INIT_SCALE * jax.random.normal(keys[t], (space_.num_edges,), jnp.float32)
-        for t in CELL_TYPES}})
+        for t in types}})
 
   def mixture(arch, masks, key=None, step=None):
     a_inner, beta = split(arch)

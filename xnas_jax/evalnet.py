@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from xnas_jax import ops as ops_lib
 from xnas_jax.genotype import Genotype
-from xnas_jax.search_space import NUM_INPUTS, NUM_NODES, reduction_layers
+from xnas_jax.search_space import reduction_layers
 
 
 def drop_path(x: jax.Array, drop_prob: jax.Array, key: jax.Array) -> jax.Array:
@@ -38,12 +38,14 @@ def drop_path(x: jax.Array, drop_prob: jax.Array, key: jax.Array) -> jax.Array:
 
 
 class EvalCell(nn.Module):
-  """One cell of a genotype: two ``(op, src)`` edges into each of the 4 nodes."""
+  """One cell of a genotype: the same number of ``(op, src)`` edges (two in
+  DARTS) into each of its ``num_nodes`` nodes."""
   edges: tuple[tuple[str, int], ...]
   concat: tuple[int, ...]
   channels: int
   reduction: bool
   reduction_prev: bool
+  num_nodes: int = 4
 
   @nn.compact
   def __call__(self, s0: jax.Array, s1: jax.Array, drop_prob: jax.Array,
@@ -53,12 +55,12 @@ class EvalCell(nn.Module):
           else ops_lib.ReLUConvBN(c, affine=True, name="pre0")(s0, train))
     s1 = ops_lib.ReLUConvBN(c, affine=True, name="pre1")(s1, train)
     states = [s0, s1]
-    per_node = len(self.edges) // NUM_NODES
-    for j in range(NUM_NODES):
+    per_node = len(self.edges) // self.num_nodes
+    for j in range(self.num_nodes):
       node = None
       for k in range(j * per_node, (j + 1) * per_node):
         name, src = self.edges[k]
-        stride = 2 if self.reduction and src < NUM_INPUTS else 1
+        stride = 2 if self.reduction and src < Genotype.num_inputs else 1
         op = ops_lib.make_op(name, c, stride, affine=True, pool_bn=False)
         y = op.clone(parent=self, name=f"edge{k}")(states[src], train)
         if train and not (name == "skip_connect" and stride == 1):
@@ -118,7 +120,7 @@ class EvalNetwork(nn.Module):
       edges = self.genotype.reduce if reduction else self.genotype.normal
       concat = self.genotype.reduce_concat if reduction else self.genotype.normal_concat
       cell = EvalCell(tuple(edges), tuple(concat), c, reduction, reduction_prev,
-                      name=f"cell{i}")
+                      self.genotype.num_nodes, name=f"cell{i}")
       s0, s1 = s1, cell(s0, s1, drop_prob, train)
       reduction_prev = reduction
       if i == aux_at and self.auxiliary and train:
@@ -130,21 +132,21 @@ class EvalNetwork(nn.Module):
 def validate_genotype(genotype: Genotype, valid_ops: Sequence[str]) -> None:
   """Raises ``ValueError`` (one line, naming the bad value) for a genotype
   the evaluation network cannot build."""
+  num_nodes, num_inputs = genotype.num_nodes, genotype.num_inputs
   for cell_type in ("normal", "reduce"):
     edges = genotype.edges(cell_type)
-    if not edges or len(edges) % NUM_NODES:
+    if num_nodes < 1 or not edges or len(edges) % num_nodes:
       raise ValueError(f"genotype {cell_type} cell has {len(edges)} edges; expected the same "
-                       f"number for each of the {NUM_NODES} nodes")
-    per_node = len(edges) // NUM_NODES
+                       f"number for each of the {num_nodes} nodes")
+    per_node = len(edges) // num_nodes
     for k, (name, src) in enumerate(edges):
       if name not in valid_ops or name == "none":
         raise ValueError(f"genotype {cell_type} cell: operation {name!r} cannot be built")
       node = k // per_node
-      if not 0 <= src < NUM_INPUTS + node:
+      if not 0 <= src < num_inputs + node:
         raise ValueError(f"genotype {cell_type} cell: node {node} cannot take input {src}")
-    concat = genotype.reduce_concat if cell_type == "reduce" else genotype.normal_concat
-    for i in concat:
-      if not 0 <= i < NUM_INPUTS + NUM_NODES:
+    for i in genotype.concat(cell_type):
+      if not 0 <= i < num_inputs + num_nodes:
         raise ValueError(f"genotype {cell_type}_concat has state {i}, which does not exist")
 
 

@@ -1,10 +1,12 @@
 """Pictures of a search: the found cells, and a report of the search's course.
 
-``draw_genotype`` draws the normal and the reduction cell the way the DARTS
-and XNAS papers draw them (DARTS Fig. 4-5, XNAS Fig. 2): the two cell inputs
-``c_{k-2}``, ``c_{k-1}`` on the left, the intermediate nodes laid out by
-depth, each kept edge an arrow labelled with its operation, and the
-concatenated nodes feeding the output ``c_{k}``.  ``search_report`` draws,
+``draw_cells`` draws a genotype's cells the way the DARTS and XNAS papers
+draw them (DARTS Fig. 4-5, XNAS Fig. 2): the cell inputs (``c_{k-2}``,
+``c_{k-1}`` in DARTS) on the left, the intermediate nodes laid out by depth,
+each kept edge an arrow labelled with its operation (``none`` edges are not
+drawn), and the nodes that form the output ``c_{k}``.  Each space family
+(``xnas_jax.spaces``) says which cells a genotype has; ``draw_genotype``
+draws any family's genotype.  ``search_report`` draws,
 from ``metrics.jsonl``, the mixture weights of every edge over the epochs
 (one small plot per edge, placed as the edge sits in the cell: rows are the
 destination nodes, columns the sources) and, per cell type, the live experts
@@ -27,14 +29,17 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from xnas_jax.genotype import Genotype
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, SearchSpace
+from xnas_jax.search_space import SearchSpace
+
+Genotype = Any  # a genotype of any space family (xnas_jax.spaces)
+NodeEdges = Sequence[Sequence[tuple[str, int]]]  # per node, its (op, src) edges
 
 # One colour per operation name, the same in every picture.
 OP_COLORS = {
     "none": "#9e9e9e", "max_pool_3x3": "#1f77b4", "avg_pool_3x3": "#17becf",
     "skip_connect": "#2ca02c", "sep_conv_3x3": "#d62728", "sep_conv_5x5": "#ff7f0e",
     "dil_conv_3x3": "#9467bd", "dil_conv_5x5": "#8c564b", "noise": "#e377c2",
+    "nor_conv_1x1": "#bcbd22", "nor_conv_3x3": "#d62728",
 }
 _OTHER = "#444444"
 _DX, _DY = 4.8, 2.2  # spacing of the depth levels, and of the states within a level
@@ -48,27 +53,46 @@ def _save(fig: Figure, paths: Sequence[str]) -> list[str]:
   return list(paths)
 
 
-def _levels(edges: Sequence[tuple[str, int]]) -> dict[int, int]:
+def _drawn(node: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+  """A node's edges that carry something (``none`` sends zeros)."""
+  return [(op, src) for op, src in node if op != "none"]
+
+
+def _levels(nodes: NodeEdges, num_inputs: int) -> dict[int, int]:
   """Depth of every state: inputs 0, a node one more than its deepest source."""
-  level = {0: 0, 1: 0}
-  for k in range(len(edges) // 2):
-    level[k + NUM_INPUTS] = 1 + max(level.get(src, 0) for _, src in edges[2 * k:2 * k + 2])
+  level = {i: 0 for i in range(num_inputs)}
+  for k, node in enumerate(nodes):
+    level[k + num_inputs] = 1 + max([level.get(src, 0) for _, src in _drawn(node)], default=0)
   return level
 
 
-def _state_name(state: int) -> str:
-  return ("$c_{k-2}$", "$c_{k-1}$")[state] if state < NUM_INPUTS else str(state - NUM_INPUTS)
+DARTS_INPUT_NAMES = ("$c_{k-2}$", "$c_{k-1}$")
 
 
-def draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
-  """One cell on ``ax``: states as boxes, kept edges as labelled arrows."""
-  num_nodes = len(edges) // 2
-  level = _levels(edges)
+def _state_name(state: int, input_names: Sequence[str] = DARTS_INPUT_NAMES) -> str:
+  n = len(input_names)
+  return input_names[state] if state < n else str(state - n)
+
+
+def draw_cell(ax, nodes: NodeEdges, concat: Sequence[int], title: str,
+              input_names: Sequence[str] = DARTS_INPUT_NAMES) -> None:
+  """One cell on ``ax``: states as boxes, kept edges as labelled arrows.
+
+  Args:
+    nodes: per intermediate node, its ``(op, src)`` edges.
+    concat: the states that form the cell's output.
+    input_names: the labels of the cell's input states.
+  """
+  num_inputs = len(input_names)
+  name = lambda s: _state_name(s, input_names)
+  level = _levels(nodes, num_inputs)
   out_level = max(level.values()) + 1
-  sources = {k + NUM_INPUTS: [src for _, src in edges[2 * k:2 * k + 2]] for k in range(num_nodes)}
+  sources = {k + num_inputs: [src for _, src in _drawn(node)] or [0]
+             for k, node in enumerate(nodes)}
   widest = max(sum(l == lv for l in level.values()) for lv in range(1, out_level))
   spread = _DY * max(widest - 1, 1.6) / 2
-  pos = {0: (-0.25 * _DX, spread), 1: (-0.25 * _DX, -spread)}
+  pos = {i: (-0.25 * _DX, spread - 2 * spread * i / max(num_inputs - 1, 1) if num_inputs > 1
+             else 0.0) for i in range(num_inputs)}
   for lv in range(1, out_level):
     # Barycentre order: a node sits near its sources, which keeps arrows from crossing.
     states = sorted((s for s, l in level.items() if l == lv),
@@ -86,7 +110,7 @@ def draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title
             bbox=dict(boxstyle="round,pad=0.35", fc=color, ec="black", lw=0.8))
 
   for state in level:
-    box(state, _state_name(state), "#a6cee3" if state < NUM_INPUTS else "#fff2ae")
+    box(state, name(state), "#a6cee3" if state < num_inputs else "#fff2ae")
   box("out", "$c_{k}$", "#b2df8a")
 
   def line(p1, p2, color, head, rad=0.0):
@@ -95,15 +119,17 @@ def draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title
         shrinkA=12, shrinkB=12 if head else 0, zorder=1, connectionstyle=f"arc3,rad={rad}"))
 
   extent = []
-  for k in range(num_nodes):
+  for k, node in enumerate(nodes):
     # Each kept edge is drawn as its operation's label just left of the node
-    # it feeds (one above, one below), with a line from the source to the
-    # label and an arrow from the label on: the labels cannot overlap.
-    dst = k + NUM_INPUTS
+    # it feeds (stacked from above to below), with a line from the source to
+    # the label and an arrow from the label on: the labels cannot overlap.
+    dst = k + num_inputs
     x, y = pos[dst]
-    for j, (op, src) in enumerate(edges[2 * k:2 * k + 2]):
+    drawn = _drawn(node)
+    offsets = np.linspace(0.3, -0.3, len(drawn)) if len(drawn) > 1 else [0.3]
+    for (op, src), off in zip(drawn, offsets):
       color = OP_COLORS.get(op, _OTHER)
-      at = (x - 0.5 * _DX, y + (0.3 if j == 0 else -0.3) * _DY)
+      at = (x - 0.5 * _DX, y + off * _DY)
       # An edge that skips levels bows away from the nodes it passes (arc3's
       # rad < 0 bends a rightward line up).
       skipped = level[dst] - level[src] - 1
@@ -125,16 +151,31 @@ def draw_cell(ax, edges: Sequence[tuple[str, int]], concat: Sequence[int], title
   ax.set_title(title, fontsize=11)
 
 
-def genotype_figure(genotype: Genotype, title: str = "") -> Figure:
-  """The normal and the reduction cell of ``genotype``, side by side."""
-  fig = Figure(figsize=(15, 5.0))
+def cells_figure(cells: Sequence[tuple[str, NodeEdges, Sequence[int]]],
+                 input_names: Sequence[str] = DARTS_INPUT_NAMES, title: str = "") -> Figure:
+  """Cells side by side (at most 4 a row): each ``(name, nodes, concat)``."""
+  cols = min(len(cells), 4)
+  rows = -(-len(cells) // cols)
+  fig = Figure(figsize=(7.5 * cols, 5.0 * rows))
   FigureCanvasAgg(fig)
-  for i, t in enumerate(CELL_TYPES):
-    ax = fig.add_subplot(1, 2, i + 1)
-    draw_cell(ax, genotype.edges(t),
-              genotype.normal_concat if t == "normal" else genotype.reduce_concat,
-              f"{title} {t} cell".strip())
+  for i, (name, nodes, concat) in enumerate(cells):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    draw_cell(ax, nodes, concat, f"{title} {name}".strip(), input_names)
   return fig
+
+
+def draw_cells(cells: Sequence[tuple[str, NodeEdges, Sequence[int]]], paths: Sequence[str],
+               input_names: Sequence[str] = DARTS_INPUT_NAMES, title: str = "") -> list[str]:
+  """Draws ``cells_figure`` into each of ``paths`` (the format from the
+  suffix: ``.png``, ``.svg``, ``.pdf``)."""
+  return _save(cells_figure(cells, input_names, title), paths)
+
+
+def genotype_figure(genotype: Genotype, title: str = "") -> Figure:
+  """The cells of ``genotype`` (any space family), side by side."""
+  from xnas_jax import spaces  # pylint: disable=import-outside-toplevel
+  fam = spaces.family_of_genotype(genotype)
+  return cells_figure(fam.cells_to_draw(genotype), fam.INPUT_NAMES, title)
 
 
 def draw_genotype(genotype: Genotype, paths: Sequence[str], title: str = "") -> list[str]:
@@ -152,47 +193,52 @@ def read_metrics(path: str, seed: int | None = None) -> list[dict[str, Any]]:
   return [l for l in lines if l.get("seed") == seed]
 
 
-def search_report(lines: Sequence[dict[str, Any]], ops: Sequence[str],
-                  edges: Sequence[tuple[int, int]], paths: Sequence[str],
+def search_report(lines: Sequence[dict[str, Any]], space: SearchSpace, paths: Sequence[str],
                   title: str = "", genotype: Genotype | None = None) -> list[str]:
   """Draws ``report_figure`` into each of ``paths``."""
-  return _save(report_figure(lines, ops, edges, title, genotype), paths)
+  return _save(report_figure(lines, space, title, genotype), paths)
 
 
-def report_figure(lines: Sequence[dict[str, Any]], ops: Sequence[str],
-                  edges: Sequence[tuple[int, int]], title: str = "",
+def _kept(genotype: Genotype | None, cell_type: str) -> dict[tuple[int, int], str]:
+  """``(src, dst) -> op`` of the edges ``genotype`` keeps in a cell type."""
+  if genotype is None:
+    return {}
+  return dict(genotype.kept_edges(cell_type))
+
+
+def report_figure(lines: Sequence[dict[str, Any]], space: SearchSpace, title: str = "",
                   genotype: Genotype | None = None) -> Figure:
   """The search's course from its metrics lines (each with ``mixture_<type>``,
   ``active_<type>`` and ``entropy_<type>``): see the module docstring.  The
   edges ``genotype`` keeps are framed in their operation's colour."""
   if not lines:
     raise ValueError("no metrics lines to draw")
+  ops, edges, types, n_in = space.ops, space.edges, space.cell_types, space.num_inputs
+  names = lambda s: _state_name(s, DARTS_INPUT_NAMES if n_in == 2 else ("in",) * n_in)
   epochs = [l["epoch"] for l in lines]
   num_src = max(s for s, _ in edges) + 1
-  num_dst = max(d for _, d in edges) - NUM_INPUTS + 1
-  fig = Figure(figsize=(16, 9.5))
-  outer = fig.add_gridspec(2, 2, height_ratios=[3.2, 1.0], hspace=0.25, wspace=0.08)
-  for c, t in enumerate(CELL_TYPES):
+  num_dst = max(d for _, d in edges) - n_in + 1
+  cols = max(len(types), 2)
+  fig = Figure(figsize=(8 * cols, 9.5))
+  outer = fig.add_gridspec(2, cols, height_ratios=[3.2, 1.0], hspace=0.25, wspace=0.08)
+  for c, t in enumerate(types):
     mix = np.asarray([l[f"mixture_{t}"] for l in lines])  # [epochs, E, N]
     grid = outer[0, c].subgridspec(num_dst, num_src, hspace=0.15, wspace=0.1)
-    kept = {}
-    if genotype is not None:
-      for k, (op, src) in enumerate(genotype.edges(t)):
-        kept[(src, k // 2 + NUM_INPUTS)] = op
+    kept = _kept(genotype, t)
     for e, (src, dst) in enumerate(edges):
-      ax = fig.add_subplot(grid[dst - NUM_INPUTS, src])
+      ax = fig.add_subplot(grid[dst - n_in, src])
       for i, op in enumerate(ops):
         ax.plot(epochs, mix[:, e, i], color=OP_COLORS.get(op, _OTHER), lw=1.2)
       ax.set_ylim(-0.02, 1.02)
       ax.set_xticks([])
       ax.set_yticks([])
-      ax.text(0.03, 0.95, f"{_state_name(src)}->{_state_name(dst)}", transform=ax.transAxes,
+      ax.text(0.03, 0.95, f"{names(src)}->{names(dst)}", transform=ax.transAxes,
               fontsize=6, va="top")
       if (src, dst) in kept:
         for side in ax.spines.values():
           side.set_edgecolor(OP_COLORS.get(kept[(src, dst)], _OTHER))
           side.set_linewidth(2.5)
-    fig.text(0.3 + 0.41 * c, 0.93, f"{t} cell: mixture weights u per edge over epochs "
+    fig.text((c + 0.5) / cols, 0.93, f"{t} cell: mixture weights u per edge over epochs "
              f"{epochs[0]}-{epochs[-1]}" + (" (framed: kept)" if kept else ""), ha="center",
              fontsize=10)
   handles = [patches.Patch(color=OP_COLORS.get(op, _OTHER), label=op) for op in ops]
@@ -200,7 +246,7 @@ def report_figure(lines: Sequence[dict[str, Any]], ops: Sequence[str],
              bbox_to_anchor=(0.5, 0.975))
   for c, (key, label) in enumerate((("active", "live experts"), ("entropy", "normalized entropy"))):
     ax = fig.add_subplot(outer[1, c])
-    for t, style in zip(CELL_TYPES, ("-", "--")):
+    for t, style in zip(types, ("-", "--", "-.", ":") * len(types)):
       ax.plot(epochs, [l[f"{key}_{t}"] for l in lines], style, marker="o", ms=3, label=t)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
@@ -217,9 +263,9 @@ def report_from_workdir(workdir: str, space: SearchSpace, seed: int | None = Non
   """``workdir/report<suffix>.png`` from ``workdir/metrics.jsonl`` (nothing
   when its lines have no mixture weights: a workdir of an older version)."""
   lines = [l for l in read_metrics(os.path.join(workdir, "metrics.jsonl"), seed)
-           if all(f"mixture_{t}" in l for t in CELL_TYPES)]
+           if all(f"mixture_{t}" in l for t in space.cell_types)]
   if not lines:
     return []
   title = f"seed {lines[0].get('seed')}" if lines[0].get("seed") is not None else ""
-  return search_report(lines, space.ops, space.edges,
-                       [os.path.join(workdir, f"report{suffix}.png")], title, genotype)
+  return search_report(lines, space, [os.path.join(workdir, f"report{suffix}.png")], title,
+                       genotype)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, SearchSpace
+from xnas_jax.search_space import SearchSpace
 
 Edge = tuple[str, int]  # (operation, source state index)
 
@@ -30,6 +30,7 @@ class Genotype:
   normal_concat: tuple[int, ...]
   reduce: tuple[Edge, ...]
   reduce_concat: tuple[int, ...]
+  num_inputs: ClassVar[int] = 2  # the two previous cells' outputs
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2)
@@ -60,6 +61,30 @@ class Genotype:
 
   def edges(self, cell_type: str) -> tuple[Edge, ...]:
     return self.normal if cell_type == "normal" else self.reduce
+
+  def concat(self, cell_type: str) -> tuple[int, ...]:
+    return self.normal_concat if cell_type == "normal" else self.reduce_concat
+
+  def nodes(self, cell_type: str) -> tuple[tuple[Edge, ...], ...]:
+    """Per node, its ``(op, src)`` edges (the same number for every node)."""
+    edges = self.edges(cell_type)
+    per_node = max(len(edges) // max(self.num_nodes, 1), 1)
+    return tuple(edges[k:k + per_node] for k in range(0, len(edges), per_node))
+
+  @property
+  def num_nodes(self) -> int:
+    """The intermediate nodes: the states after the two cell inputs."""
+    last = max(max(self.normal_concat, default=1), max(self.reduce_concat, default=1))
+    return last + 1 - self.num_inputs
+
+  def kept_edges(self, cell_type: str) -> dict[tuple[int, int], str]:
+    """``(src, dst) -> op`` of a cell type's edges."""
+    return {(src, self.num_inputs + j): op for j, node in enumerate(self.nodes(cell_type))
+            for op, src in node}
+
+  def ops(self) -> tuple[str, ...]:
+    """The operation of every edge of both cells."""
+    return tuple(op for op, _ in self.normal + self.reduce)
 
 
 def _strongest(weights: np.ndarray, ops: Sequence[str], alive: np.ndarray) -> int:
@@ -120,8 +145,7 @@ def discretize_cell(weights: np.ndarray, space: SearchSpace, alive: np.ndarray |
            else np.asarray(edge_weights, np.float64))
   where = f"{cell_type} cell " if cell_type else ""
   out: list[Edge] = []
-  for j in range(NUM_NODES):
-    dst = NUM_INPUTS + j
+  for dst in space.nodes:
     cands = []  # (rank key, src, op index, edge)
     for k in space.incoming(dst):
       i = _strongest(weights[k], space.ops, alive[k])
@@ -158,13 +182,19 @@ def discretize(weights: dict[str, np.ndarray], space: SearchSpace,
                edge_weights: dict[str, np.ndarray] | None = None) -> Genotype:
   """Magnitude selection of both cell types; see ``discretize_cell``."""
   cells = {}
-  for t in CELL_TYPES:
+  for t in space.cell_types:
     a = None if alive is None else np.asarray(alive[t], bool)
     cells[t] = discretize_cell(np.asarray(weights[t]), space, a,
                                available=space.available_mask(t), notes=notes, cell_type=t,
                                edge_weights=None if edge_weights is None else edge_weights[t])
-  concat = tuple(range(NUM_INPUTS, NUM_INPUTS + NUM_NODES))
-  return Genotype(cells["normal"], concat, cells["reduce"], concat)
+  return from_cells(space, cells)
+
+
+def from_cells(space: SearchSpace, cells: dict[str, Sequence[Edge]]) -> Genotype:
+  """The DARTS-form genotype of a normal and a reduction cell's kept edges,
+  every node of the space concatenated into the cell's output."""
+  concat = space.nodes
+  return Genotype(tuple(cells["normal"]), concat, tuple(cells["reduce"]), concat)
 
 
 def cell_depth(edges: Sequence[Edge]) -> float:

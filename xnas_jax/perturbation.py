@@ -5,8 +5,10 @@ The strength of an operation is how much the supernet's validation accuracy
 drops when that operation alone is removed from its edge (sec. 4.1):
 
 * operation phase: edges in random order; on each edge evaluate
-  ``ACC_{\\o}`` for every live operation ``o`` (``none`` excluded, as the
-  paper does for DARTS), keep ``argmin_o ACC_{\\o}`` and discretize the edge
+  ``ACC_{\\o}`` for every live operation ``o`` (``none`` excluded where the
+  space chooses edges, as the paper does for DARTS; on NAS-Bench-201, whose
+  cells keep every edge, ``none`` is an operation like the others, as
+  darts-pt's NAS-Bench-201 code does), keep ``argmin_o ACC_{\\o}`` and discretize the edge
   to it (its mixture weight becomes one-hot);
 * topology phase: nodes in random order; for each node evaluate ``ACC_{\\e}``
   with each incoming edge removed, keep the two edges with the lowest
@@ -44,9 +46,9 @@ import optax
 
 from xnas_jax import input_pipeline
 from xnas_jax import search_steps
-from xnas_jax.genotype import Genotype
+from xnas_jax import spaces
 from xnas_jax.search_setup import live_masks, weight_optimizer
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, SearchSpace
+from xnas_jax.search_space import SearchSpace
 
 PyTree = Any
 Weights = dict[str, np.ndarray]  # per cell type [E, N]
@@ -61,13 +63,13 @@ class Projection:
 
   @classmethod
   def empty(cls, space: SearchSpace) -> "Projection":
-    return cls({t: np.full(space.num_edges, -1) for t in CELL_TYPES},
-               {t: np.ones(space.num_edges, bool) for t in CELL_TYPES})
+    return cls({t: np.full(space.num_edges, -1) for t in space.cell_types},
+               {t: np.ones(space.num_edges, bool) for t in space.cell_types})
 
   def apply(self, u: Weights, masks: Weights) -> tuple[Weights, Weights]:
     """The supernet's mixture weights and live experts under the decisions."""
     new_u, new_m = {}, {}
-    for t in CELL_TYPES:
+    for t in self.choice:
       n = u[t].shape[-1]
       decided = self.choice[t] >= 0
       onehot = np.eye(n, dtype=bool)[np.maximum(self.choice[t], 0)]
@@ -135,12 +137,13 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
     the accuracies that made it.
   """
   proj = Projection.empty(space)
+  skipped = ("none",) if space.kept_per_node else ()  # none is a choice where edges stay
   log: list[dict[str, Any]] = []
   state = {"u": u}
 
   def decide_op(t, e, r):
     pu, pm = proj.apply(state["u"], masks)
-    cands = [o for o in range(space.num_ops) if pm[t][e, o] and space.ops[o] != "none"]
+    cands = [o for o in range(space.num_ops) if pm[t][e, o] and space.ops[o] not in skipped]
     if not cands:
       log.append({"phase": "operation", "round": r, "cell": t, "edge": list(space.edges[e]),
                   "acc_without": {}, "chosen": None,
@@ -154,11 +157,11 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
 
   def decide_node(t, dst, r):
     incoming = [e for e in space.incoming(dst) if proj.kept[t][e]]
-    if len(incoming) <= 2:
+    if len(incoming) <= space.kept_per_node:
       return
     pu, pm = proj.apply(state["u"], masks)
     accs = {e: accuracy(*removed(pu, pm, t, e)) for e in incoming}
-    keep = sorted(incoming, key=lambda e: (proj.choice[t][e] < 0, accs[e]))[:2]
+    keep = sorted(incoming, key=lambda e: (proj.choice[t][e] < 0, accs[e]))[:space.kept_per_node]
     for e in incoming:
       proj.kept[t][e] = e in keep
     log.append({"phase": "topology", "round": r, "cell": t, "node": dst,
@@ -175,7 +178,7 @@ def select_core(space: SearchSpace, u: Weights, masks: Weights, accuracy: Accura
       if new_u is not None:
         state["u"] = new_u
   fallback = state["u"] if fallback is None else fallback
-  for t in CELL_TYPES:
+  for t in space.cell_types:
     for e in range(space.num_edges):
       if proj.kept[t][e] and proj.choice[t][e] < 0:
         avail = space.available_mask(t)[e] & (np.asarray(space.ops) != "none")
@@ -193,41 +196,44 @@ def rounds(space: SearchSpace, schedule: str,
   type, edge or node)`` decisions, in the order ``key`` draws (see ``SCHEDULES``)."""
   if schedule not in SCHEDULES:
     raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
-  nodes = [NUM_INPUTS + j for j in range(NUM_NODES)]
+  nodes, types = list(space.nodes), space.cell_types
   k_ops, k_nodes = jax.random.split(key)
   if schedule == "released":
     edge_order = {t: np.asarray(jax.random.permutation(k, space.num_edges))
-                  for t, k in zip(CELL_TYPES, jax.random.split(k_ops, len(CELL_TYPES)))}
+                  for t, k in zip(types, jax.random.split(k_ops, len(types)))}
     node_order = {t: np.asarray(jax.random.permutation(k, len(nodes)))
-                  for t, k in zip(CELL_TYPES, jax.random.split(k_nodes, len(CELL_TYPES)))}
-    plan = [[("operation", t, int(edge_order[t][i])) for t in CELL_TYPES]
+                  for t, k in zip(types, jax.random.split(k_nodes, len(types)))}
+    plan = [[("operation", t, int(edge_order[t][i])) for t in types]
             for i in range(space.num_edges)]
-    if any(len(space.incoming(d)) > 2 for d in nodes):  # the fixed topology has no choice
-      plan += [[("topology", t, nodes[int(node_order[t][i])]) for t in CELL_TYPES]
+    if space.chooses_edges:  # the fixed topology and NAS-Bench-201 have no choice
+      plan += [[("topology", t, nodes[int(node_order[t][i])]) for t in types]
                for i in range(len(nodes))]
     return plan
-  pairs = [(t, e) for t in CELL_TYPES for e in range(space.num_edges)]
+  pairs = [(t, e) for t in types for e in range(space.num_edges)]
   plan = [[("operation", *pairs[int(i)])]
           for i in np.asarray(jax.random.permutation(k_ops, len(pairs)))]
-  cell_nodes = [(t, d) for t in CELL_TYPES for d in nodes if len(space.incoming(d)) > 2]
+  kept = space.kept_per_node
+  cell_nodes = [(t, d) for t in types for d in nodes
+                if kept and len(space.incoming(d)) > kept]
   return plan + [[("topology", *cell_nodes[int(i)])]
                  for i in np.asarray(jax.random.permutation(k_nodes, len(cell_nodes)))]
 
 
-def genotype_of(space: SearchSpace, proj: Projection) -> Genotype:
+def genotype_of(space: SearchSpace, proj: Projection):
+  """The genotype of the decisions, in the space's own form (``spaces``)."""
   cells = {}
-  for t in CELL_TYPES:
+  for t in space.cell_types:
     edges = []
-    for j in range(NUM_NODES):
-      kept = [e for e in space.incoming(NUM_INPUTS + j) if proj.kept[t][e]]
-      if len(kept) != 2:
-        raise ValueError(f"node {NUM_INPUTS + j} of the {t} cell has {len(kept)} inputs "
-                         "after selection; 2 are needed")
+    for dst in space.nodes:
+      kept = [e for e in space.incoming(dst) if proj.kept[t][e]]
+      need = space.kept_per_node or len(space.incoming(dst))
+      if len(kept) != need:
+        raise ValueError(f"node {dst} of the {t} cell has {len(kept)} inputs "
+                         f"after selection; {need} are needed")
       kept = sorted(kept, key=lambda e: space.edges[e][0])
       edges.extend((space.ops[int(proj.choice[t][e])], space.edges[e][0]) for e in kept)
     cells[t] = tuple(edges)
-  concat = tuple(range(NUM_INPUTS, NUM_INPUTS + NUM_NODES))
-  return Genotype(cells["normal"], concat, cells["reduce"], concat)
+  return spaces.family(space).from_cells(space, cells)
 
 
 def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float | None = None,
@@ -316,7 +322,7 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
 
   def tune(u, masks):
     tuned["round"] += 1
-    decided = {t: jnp.asarray(masks[t].sum(1) <= 1) for t in CELL_TYPES}  # one-hot or pruned
+    decided = {t: jnp.asarray(m.sum(1) <= 1) for t, m in masks.items()}  # one-hot or pruned
     u, masks = _as_jax(u), _as_jax(masks)  # on the device for the whole round
     u_full = search_steps.per_copy_weights(net, u, b)
     k_round = jax.random.fold_in(k_tune, tuned["round"])
@@ -329,7 +335,7 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
           arch_step(u_full, masks, decided, k_arch)
           # The architecture's weights on the undecided edges, the projection's elsewhere.
           u_arch = search.mixture(tuned["arch"], live0)
-          u = {t: jnp.where(decided[t][:, None], u[t], u_arch[t]) for t in CELL_TYPES}
+          u = {t: jnp.where(decided[t][:, None], u[t], u_arch[t]) for t in decided}
           u_full = search_steps.per_copy_weights(net, u, b)
         x, y = fns.prepare(*train_data, jnp.asarray(idx), k_aug, True)
         _, _, g_params, _, stats = fns.weight_grads(tuned["params"], tuned["batch_stats"],

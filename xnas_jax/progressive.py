@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xnas_jax.search_space import CELL_TYPES, OP_SETS
+from xnas_jax.search_space import OP_SETS
 
 PyTree = Any
 
@@ -83,12 +83,13 @@ def with_structure(search, meta: dict[str, Any]):
   return dataclasses.replace(search, net=net)
 
 
-def prune(u: dict[str, np.ndarray], masks: dict[str, np.ndarray],
-          keep: int) -> tuple[tuple[tuple[bool, ...], ...], ...]:
-  """Per cell type, the ``keep`` live experts of largest ``u`` ``[E, N]`` on
-  every edge (ties to the lower index; the release's ``topk``)."""
+def prune(u: dict[str, np.ndarray], masks: dict[str, np.ndarray], keep: int,
+          cell_types: tuple[str, ...]) -> tuple[tuple[tuple[bool, ...], ...], ...]:
+  """Per cell type (in ``cell_types`` order), the ``keep`` live experts of
+  largest ``u`` ``[E, N]`` on every edge (ties to the lower index; the
+  release's ``topk``)."""
   out = []
-  for t in CELL_TYPES:
+  for t in cell_types:
     w = np.where(np.asarray(masks[t], bool), np.asarray(u[t], np.float64), -np.inf)
     kept = np.zeros(w.shape, bool)
     np.put_along_axis(kept, np.argsort(-w, axis=-1, kind="stable")[:, :keep], True, axis=-1)
@@ -133,9 +134,9 @@ def advance(search, state: PyTree, masks: dict[str, Any], init_state, key: jax.A
   widening (module docstring).  ``masks`` are the live experts now;
   ``init_state(search)`` gives the new search's abstract state."""
   cfg = search.config.progressive
-  u = {t: np.asarray(v) for t, v in search.mixture(state["arch"], masks).items()
-       if t in CELL_TYPES}
-  op_mask = prune(u, {t: np.asarray(m) for t, m in masks.items()}, cfg.keep_ops)
+  types = search.net.space.cell_types
+  u = {t: np.asarray(v) for t, v in search.mixture(state["arch"], masks).items() if t in types}
+  op_mask = prune(u, {t: np.asarray(m) for t, m in masks.items()}, cfg.keep_ops, types)
   net = dataclasses.replace(search.net, partial_channels=cfg.partial_channels, op_mask=op_mask)
   new = dataclasses.replace(search, net=net)
   abstract = jax.eval_shape(lambda: init_state(new))

@@ -17,18 +17,17 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from xnas_jax.search_space import CELL_TYPES
 from xnas_jax.supernet import Supernet
 
 PyTree = Any
-ActiveOps = tuple[tuple[str, ...], tuple[str, ...]]
+ActiveOps = tuple[tuple[str, ...], ...]  # per cell type, in the space's order
 
 
 def surviving_ops(net: Supernet, masks: Mapping[str, Any]) -> ActiveOps:
   """Per cell type, the built ops still live on at least one edge (of any
   seed, when the masks have leading seed axes)."""
   out = []
-  for t in CELL_TYPES:
+  for t in net.space.cell_types:
     m = np.asarray(masks[t])
     live_anywhere = m.reshape(-1, m.shape[-1]).any(axis=0)
     out.append(tuple(op for op in net.built_ops(t) if live_anywhere[net.space.ops.index(op)]))
@@ -38,7 +37,7 @@ def surviving_ops(net: Supernet, masks: Mapping[str, Any]) -> ActiveOps:
 def dropped_ops(net: Supernet, active_ops: ActiveOps) -> dict[str, list[str]]:
   """Per cell type, the ops ``net`` builds that ``active_ops`` drops."""
   return {t: [op for op in net.built_ops(t) if op not in active_ops[i]]
-          for i, t in enumerate(CELL_TYPES)}
+          for i, t in enumerate(net.space.cell_types)}
 
 
 def carry_over(tree: PyTree, target: PyTree) -> PyTree:

@@ -16,7 +16,6 @@ from xnas_jax import budget
 from xnas_jax import optim
 from xnas_jax import selection
 from xnas_jax.search_setup import Search, live_masks
-from xnas_jax.search_space import CELL_TYPES
 
 PyTree = Any
 
@@ -43,7 +42,7 @@ def epoch_metrics(search: Search, state: PyTree, step_metrics: np.ndarray) -> di
   out["learning_rate"] = search.weight_learning_rate(max(int(state["step"]) - 1, 0))
   for t, rate in search.arch_opt.learning_rates.items():
     out[f"arch_learning_rate_{t}"] = float(rate)
-  for t in CELL_TYPES:
+  for t in search.net.space.cell_types:
     out[f"mixture_{t}"] = np.round(np.asarray(u[t], np.float64), 6).tolist()  # [edges, ops]
     out[f"entropy_{t}"] = float(arch_lib.normalized_entropy(u[t]))
     out[f"active_{t}"] = int(np.asarray(masks[t]).sum())
@@ -70,7 +69,8 @@ def wipeout_gaps(search: Search, state: PyTree) -> dict[str, float]:
   for path, count in optax.tree_utils.tree_get_all_with_path(state["arch_opt_state"], "count"):
     if getattr(path[-1], "tuple_name", "") != optim.WipeoutState.__name__:
       continue
-    t = next((p.key for p in path if getattr(p, "key", None) in CELL_TYPES), None)
+    t = next((p.key for p in path if getattr(p, "key", None) in search.net.space.cell_types),
+             None)
     if t is not None:
       remaining = max(opt.horizons[t] - int(count), 0)
       out[f"wipeout_gap_{t}"] = (2.0 * opt.learning_rates[t] * opt.reward_bounds[t]

@@ -27,8 +27,7 @@ from xnas_jax import optim
 from xnas_jax import parallel
 from xnas_jax import progressive
 from xnas_jax import rebuild as rebuild_lib
-from xnas_jax.search_space import CELL_TYPES, OP_SETS, TOPOLOGIES, get_search_space
-from xnas_jax.search_space import image_size_error
+from xnas_jax import spaces
 from xnas_jax.supernet import Supernet
 
 PyTree = Any
@@ -63,8 +62,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   choose = lambda key, choices: config_checks.check_choice(config, key, choices, ConfigError)
   if input_pipeline.dataset_error(config.dataset):
     raise ConfigError(input_pipeline.dataset_error(config.dataset))
-  choose("op_set", sorted(OP_SETS))
-  choose("topology", TOPOLOGIES)
+  spaces.validate(config, ConfigError)
   choose("compute_dtype", COMPUTE_DTYPES)
   choose("depthwise_impl", ops_lib.DEPTHWISE_IMPLS)
   choose("arch_grads_program", ARCH_GRADS_PROGRAMS)
@@ -170,19 +168,19 @@ def remat_edges(config: ml_collections.ConfigDict) -> bool:
 def build_search(config: ml_collections.ConfigDict) -> Search:
   """Validates the config, loads the data and builds network and optimizers."""
   validate_config(config)
-  space = get_search_space(config.op_set, config.topology)
+  family = spaces.get(config.get("space", "darts"))
+  space = family.make_space(config)
   data = input_pipeline.load_search_data(config.dataset, config.seed, data_dir=config.data_dir or None,
                                          limit=config.get("limit", 0))
-  size_error = image_size_error(data.image_shape, config.num_cells)
+  size_error = family.image_size_error(data.image_shape, config.num_cells)
   if size_error:
     raise ConfigError(f"{config.dataset}: {size_error}")
   b = config.batch_size
   if b > len(data.train) or b > len(data.val):
     raise ConfigError(f"batch_size {b} is larger than the data "
                       f"({len(data.train)} train / {len(data.val)} val examples)")
-  net = Supernet(space, data.num_classes, channels=config.channels, num_cells=config.num_cells,
-                 depthwise_impl=depthwise_impl(config), remat=remat_edges(config),
-                 partial_channels=config.partial_channels)
+  net = family.supernet(space, config, data.num_classes, depthwise_impl=depthwise_impl(config),
+                        remat=remat_edges(config), partial_channels=config.partial_channels)
   steps = min(len(data.train), len(data.val)) // b
   shape = arch_optimizers.SearchShape(space, dict(net.replicas), net.default_masks(), b, steps,
                                       config.epochs)
@@ -215,7 +213,7 @@ def live_masks(search: Search, state: PyTree) -> dict[str, jax.Array]:
   keeps one, its wipeout mask (``optim.active_mask``)."""
   masks = search.net.default_masks()
   wiped = optim.active_mask(state["arch_opt_state"])
-  for t in CELL_TYPES:
+  for t in search.net.space.cell_types:
     if wiped is not None and not isinstance(wiped.get(t), (optax.MaskedNode, type(None))):
       masks[t] = masks[t] & wiped[t]
   return masks
@@ -228,7 +226,7 @@ def with_active_ops(search: Search, active_ops: rebuild_lib.ActiveOps) -> Search
 
 
 def built_ops(search: Search) -> rebuild_lib.ActiveOps:
-  return tuple(search.net.built_ops(t) for t in CELL_TYPES)
+  return tuple(search.net.built_ops(t) for t in search.net.space.cell_types)
 
 
 def rebuild(search: Search, state: PyTree) -> tuple[Search, PyTree, dict[str, list[str]]]:

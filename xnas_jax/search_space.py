@@ -1,11 +1,15 @@
 """Search spaces: operation sets and cell topologies.
 
-A cell has two input states (the outputs of the two previous cells, indexed 0
-and 1) and ``NUM_NODES`` intermediate nodes (indexed 2..5).  Each edge
-``(src, dst)`` is a *forecaster* in the language of XNAS (sec. 2.1): it mixes
-the predictions of its experts (the operations available on that edge).
+A ``SearchSpace`` is the data of one cell: its input states, its nodes, its
+edges and the experts on each edge, the cell types that own architecture
+parameters, how many incoming edges a node keeps, and the family
+(``xnas_jax.spaces``) that builds its networks and reads its genotypes.  Each
+edge ``(src, dst)`` is a *forecaster* in the language of XNAS (sec. 2.1): it
+mixes the predictions of its experts (the operations available on that edge).
 
-Two topologies are provided:
+This module defines the DARTS family's cells.  A DARTS cell has two input
+states (the outputs of the two previous cells, indexed 0 and 1) and four
+intermediate nodes (indexed 2..5).  Two topologies are provided:
 
 * ``"darts"``: node ``j`` is fed by every earlier state (14 edges), as in
   DARTS and XNAS.
@@ -23,8 +27,11 @@ from typing import Sequence
 
 import numpy as np
 
-NUM_NODES = 4
-NUM_INPUTS = 2
+# The DARTS cell: two inputs, four nodes, two kept edges per node, a normal
+# and a reduction cell type.
+_DARTS_INPUTS = 2
+_DARTS_NODES = 4
+_DARTS_CELL_TYPES = ("normal", "reduce")
 
 DARTS_OPS: tuple[str, ...] = (
     "none",
@@ -70,41 +77,55 @@ OP_SETS: dict[str, tuple[str, ...]] = {
     "s4": ("noise", "sep_conv_3x3"),
 }
 TOPOLOGIES = ("darts", "fixed")
-CELL_TYPES = ("normal", "reduce")
 
 
 def darts_edges() -> tuple[tuple[int, int], ...]:
   """Edges ``(src, dst)`` of the DARTS cell, in DARTS order (by node, then src)."""
-  return tuple((src, NUM_INPUTS + j) for j in range(NUM_NODES)
-               for src in range(NUM_INPUTS + j))
+  return tuple((src, _DARTS_INPUTS + j) for j in range(_DARTS_NODES)
+               for src in range(_DARTS_INPUTS + j))
 
 
 def fixed_edges() -> tuple[tuple[int, int], ...]:
   """Fixed-edge topology: node j is fed by input 0 and by state j+1."""
-  return tuple(e for j in range(NUM_NODES)
-               for e in ((0, NUM_INPUTS + j), (NUM_INPUTS + j - 1, NUM_INPUTS + j)))
+  return tuple(e for j in range(_DARTS_NODES)
+               for e in ((0, _DARTS_INPUTS + j), (_DARTS_INPUTS + j - 1, _DARTS_INPUTS + j)))
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-  """A cell search space: the edges and the experts available on each edge.
+  """A cell search space: the cell's states and edges, and the experts on each edge.
 
   Attributes:
     name: name of the operation set.
     ops: the operation names; expert ``i`` of every edge is ``ops[i]``.
     edges: ``(src, dst)`` state indices, in an order where every edge into
       node ``j`` comes before any edge out of it.
-    available: per cell type, a ``[num_edges, num_ops]`` tuple-of-tuples of
-      bools: which experts exist on which edge (all, except in ``s1``).
-    cell_output: ``"concat"`` (DARTS) or ``"conv1x1"`` (XNAS).
-    topology: ``"darts"`` or ``"fixed"``.
+    available: per cell type (in ``cell_types`` order), a
+      ``[num_edges, num_ops]`` tuple-of-tuples of bools: which experts exist
+      on which edge (all, except in ``s1``).
+    cell_output: ``"concat"`` (DARTS: the nodes concatenated), ``"conv1x1"``
+      (XNAS: a 1x1 conv over them) or ``"last"`` (NAS-Bench-201: the last node).
+    topology: the name of the edge set (``"darts"``, ``"fixed"``, ``"complete"``).
+    family: the ``xnas_jax.spaces`` family that builds the space's networks
+      and reads and writes its genotypes.
+    cell_types: the cell types that own architecture parameters; the keys
+      of the architecture pytrees.
+    num_inputs: input states of a cell (indexed ``0 .. num_inputs - 1``).
+    num_nodes: intermediate nodes (indexed ``num_inputs ..``).
+    kept_per_node: incoming edges a discrete cell keeps per node (DARTS: 2);
+      0 keeps every edge (NAS-Bench-201, whose edges may choose ``none``).
   """
   name: str
   ops: tuple[str, ...]
   edges: tuple[tuple[int, int], ...]
-  available: tuple[tuple[tuple[bool, ...], ...], tuple[tuple[bool, ...], ...]]
+  available: tuple[tuple[tuple[bool, ...], ...], ...]
   cell_output: str = "concat"
   topology: str = "darts"
+  family: str = "darts"
+  cell_types: tuple[str, ...] = _DARTS_CELL_TYPES
+  num_inputs: int = _DARTS_INPUTS
+  num_nodes: int = _DARTS_NODES
+  kept_per_node: int = 2
 
   @property
   def num_edges(self) -> int:
@@ -116,7 +137,19 @@ class SearchSpace:
 
   def available_mask(self, cell_type: str) -> np.ndarray:
     """``[num_edges, num_ops]`` bool array of the experts that exist."""
-    return np.asarray(self.available[CELL_TYPES.index(cell_type)], dtype=bool)
+    return np.asarray(self.available[self.cell_types.index(cell_type)], dtype=bool)
+
+  @property
+  def nodes(self) -> tuple[int, ...]:
+    """State indices of the intermediate nodes."""
+    return tuple(range(self.num_inputs, self.num_inputs + self.num_nodes))
+
+  @property
+  def chooses_edges(self) -> bool:
+    """Whether a discrete cell drops edges (some node has more incoming
+    edges than it keeps)."""
+    return self.kept_per_node > 0 and any(len(self.incoming(d)) > self.kept_per_node
+                                          for d in self.nodes)
 
   def incoming(self, dst: int) -> list[int]:
     """Indices of the edges that feed state ``dst``."""
@@ -142,7 +175,7 @@ def get_search_space(op_set: str = "darts", topology: str = "darts") -> SearchSp
                       for table in (_S1_NORMAL, _S1_REDUCE))
   else:
     row = tuple(True for _ in ops)
-    available = (tuple(row for _ in edges),) * 2
+    available = (tuple(row for _ in edges),) * len(_DARTS_CELL_TYPES)
   return SearchSpace(
       name=op_set, ops=ops, edges=edges, available=available,
       cell_output="conv1x1" if op_set == "xnas" else "concat", topology=topology)

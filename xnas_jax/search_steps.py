@@ -32,7 +32,6 @@ from xnas_jax import optim
 from xnas_jax.arch_optimizers import ARCH_FIRST, WEIGHTS_FIRST
 from xnas_jax.search_setup import COMPUTE_DTYPES, Search, live_masks, separate_step_programs
 from xnas_jax.search_setup import weight_schedule
-from xnas_jax.search_space import CELL_TYPES
 from xnas_jax.supernet import Supernet
 
 PyTree = Any
@@ -80,9 +79,10 @@ def per_copy_weights(net: Supernet, u: dict[str, jax.Array], batch: int) -> dict
   """``u[t]`` ``[E, N]`` broadcast to one copy per replica and example ``[R, B, E, N]``
   (and PC-DARTS's edge weights ``u["edges"][t]`` ``[E]``, where present, to ``[R, B, E]``)."""
   copies = lambda a, t: jnp.broadcast_to(a, (max(net.replicas[t], 1), batch) + a.shape)
-  out = {t: copies(u[t], t) for t in CELL_TYPES}
+  types = net.space.cell_types
+  out = {t: copies(u[t], t) for t in types}
   if "edges" in u:
-    out["edges"] = {t: copies(u["edges"][t], t) for t in CELL_TYPES}
+    out["edges"] = {t: copies(u["edges"][t], t) for t in types}
   return out
 
 

@@ -22,8 +22,8 @@ import numpy as np
 from xnas_jax import config_checks
 from xnas_jax import genotype as genotype_lib
 from xnas_jax import perturbation
+from xnas_jax import spaces
 from xnas_jax.search_setup import Search, live_masks
-from xnas_jax.search_space import CELL_TYPES
 
 PyTree = Any
 
@@ -44,8 +44,9 @@ def _selection_mixture(search: Search, state: PyTree
   """``selection_weights``, and PC-DARTS's edge weights ``w`` per cell type
   (None without edge normalization), from one evaluation of the mixture."""
   u = search.mixture(state["arch"], search.net.default_masks())
-  edges = None if "edges" not in u else {t: np.asarray(u["edges"][t]) for t in CELL_TYPES}
-  return {t: np.asarray(u[t]) for t in CELL_TYPES}, edges
+  types = search.net.space.cell_types
+  edges = None if "edges" not in u else {t: np.asarray(u["edges"][t]) for t in types}
+  return {t: np.asarray(u[t]) for t in types}, edges
 
 
 def selection_weights(search: Search, state: PyTree) -> dict[str, np.ndarray]:
@@ -61,8 +62,8 @@ def magnitude(search: Search, state: PyTree,
   per node; fallbacks and ties are appended to ``notes``."""
   masks = live_masks(search, state)
   weights, edge_weights = _selection_mixture(search, state)
-  return genotype_lib.discretize(weights, search.net.space,
-                                 {t: np.asarray(masks[t]) for t in CELL_TYPES}, notes,
+  return spaces.family(search.net.space).discretize(weights, search.net.space,
+                                 {t: np.asarray(m) for t, m in masks.items()}, notes,
                                  edge_weights=edge_weights)
 
 

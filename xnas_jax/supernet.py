@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xnas_jax import ops as ops_lib
-from xnas_jax.search_space import CELL_TYPES, NUM_INPUTS, NUM_NODES, SearchSpace
+from xnas_jax.search_space import SearchSpace
 from xnas_jax.search_space import reduction_layers
 
 PyTree = Any
@@ -167,6 +167,11 @@ class SearchCell:
   # instead of stacking its residuals (see _scan_edges).
   remat: bool = True
   partial_channels: int = 1  # K of PC-DARTS: the mixed op sees C/K channels
+  # DARTS preprocesses its two inputs (ReLU-Conv1x1-BN, or a factorized
+  # reduce after a reduction cell); NAS-Bench-201's cell takes its one input as is.
+  preprocess: bool = True
+  # DARTS's search network follows each pooling with a non-affine BN; NAS-Bench-201's does not.
+  pool_bn: bool = True
 
   @property
   def op_channels(self) -> int:
@@ -181,15 +186,16 @@ class SearchCell:
   def groups(self) -> tuple[EdgeGroup, ...]:
     if not self.reduction:
       return (EdgeGroup(tuple(range(self.space.num_edges)), 1),)
-    from_inputs = tuple(k for k, (s, _) in enumerate(self.space.edges) if s < NUM_INPUTS)
-    from_nodes = tuple(k for k, (s, _) in enumerate(self.space.edges) if s >= NUM_INPUTS)
+    n_in = self.space.num_inputs
+    from_inputs = tuple(k for k, (s, _) in enumerate(self.space.edges) if s < n_in)
+    from_nodes = tuple(k for k, (s, _) in enumerate(self.space.edges) if s >= n_in)
     groups = [EdgeGroup(from_inputs, 2)]
     if from_nodes:
       groups.append(EdgeGroup(from_nodes, 1))
     return tuple(groups)
 
   def _op_modules(self, stride: int) -> dict[str, nn.Module]:
-    return {name: ops_lib.make_op(name, self.op_channels, stride,
+    return {name: ops_lib.make_op(name, self.op_channels, stride, pool_bn=self.pool_bn,
                                   depthwise_impl=self.depthwise_impl)
             for name in self.built_ops if name != "none"}
 
@@ -202,18 +208,22 @@ class SearchCell:
     if self.space.cell_output == "conv1x1":
       # nn.Conv's kernel under its name; a dot product (ops.Pointwise), which
       # XLA:CPU runs faster than its 1x1 convolution (benchmarks/cell_step.py).
-      return ops_lib.Pointwise(NUM_NODES * self.channels)
+      return ops_lib.Pointwise(self.space.num_nodes * self.channels)
     return None
 
-  def init(self, key: jax.Array, s0: jax.Array, s1: jax.Array) -> Variables:
+  def init(self, key: jax.Array, s0: jax.Array | None, s1: jax.Array) -> Variables:
     k0, k1, k_out, k_edges = jax.random.split(key, 4)
-    pre0, pre1 = self._preprocess()
-    v0 = pre0.init(k0, s0, True)
-    v1 = pre1.init(k1, s1, True)
-    x = pre1.apply(v1, s1, False)
+    params, stats = {}, {}
+    if self.preprocess:
+      pre0, pre1 = self._preprocess()
+      v0 = pre0.init(k0, s0, True)
+      v1 = pre1.init(k1, s1, True)
+      x = pre1.apply(v1, s1, False)
+      params = {"pre0": v0["params"], "pre1": v1["params"]}
+      stats = {"pre0": v0["batch_stats"], "pre1": v1["batch_stats"]}
+    else:
+      x = s1
     x_op = x[..., :self.op_channels]
-    params = {"pre0": v0["params"], "pre1": v1["params"]}
-    stats = {"pre0": v0["batch_stats"], "pre1": v1["batch_stats"]}
     for g, group in enumerate(self.groups):
       modules = self._op_modules(group.stride)
       keys = jax.random.split(jax.random.fold_in(k_edges, g), len(group.edge_ids))
@@ -227,18 +237,19 @@ class SearchCell:
     if out is not None:
       h = x.shape[1] // (2 if self.reduction else 1)
       w = x.shape[2] // (2 if self.reduction else 1)
-      dummy = jnp.zeros((1, h, w, NUM_NODES * self.channels), x.dtype)
+      dummy = jnp.zeros((1, h, w, self.space.num_nodes * self.channels), x.dtype)
       params["out"] = out.init(k_out, dummy)["params"]
     return {"params": params, "batch_stats": stats}
 
-  def apply(self, variables: Variables, s0: jax.Array, s1: jax.Array,
+  def apply(self, variables: Variables, s0: jax.Array | None, s1: jax.Array,
             weights: jax.Array, mask: jax.Array, rng: jax.Array | None,
             train: bool, edge_weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Runs the cell.
 
     Args:
       variables: this cell's ``{"params", "batch_stats"}``.
-      s0, s1: outputs of the two previous cells, NHWC.
+      s0, s1: outputs of the two previous cells, NHWC (a cell of one input,
+        without preprocessing, reads ``s1`` only).
       weights: mixture weights ``u``, ``[num_edges, batch, num_ops]``.
       mask: live experts, ``[num_edges, num_ops]`` bool.
       rng: key for the ``noise`` op (required if it is built).
@@ -250,11 +261,18 @@ class SearchCell:
       The cell output and the new batch statistics.
     """
     params, stats = _split(variables)
-    pre0, pre1 = self._preprocess()
-    x0, st0 = _apply_module(pre0, {"params": params["pre0"], "batch_stats": stats["pre0"]}, s0, train)
-    x1, st1 = _apply_module(pre1, {"params": params["pre1"], "batch_stats": stats["pre1"]}, s1, train)
-    new_stats = {"pre0": st0, "pre1": st1}
-    inputs = jnp.stack([x0, x1])
+    if self.preprocess:
+      pre0, pre1 = self._preprocess()
+      x0, st0 = _apply_module(pre0, {"params": params["pre0"], "batch_stats": stats["pre0"]},
+                              s0, train)
+      x1, st1 = _apply_module(pre1, {"params": params["pre1"], "batch_stats": stats["pre1"]},
+                              s1, train)
+      new_stats = {"pre0": st0, "pre1": st1}
+      inputs = jnp.stack([x0, x1])
+    else:
+      x1, new_stats = s1, {}
+      inputs = s1[None]
+    num_nodes = self.space.num_nodes
     nodes = None
     for g, group in enumerate(self.groups):
       ids = np.asarray(group.edge_ids)
@@ -262,7 +280,7 @@ class SearchCell:
       dsts = np.asarray([self.space.edges[k][1] for k in group.edge_ids])
       if nodes is None:
         h, w = x1.shape[1] // group.stride, x1.shape[2] // group.stride
-        nodes = jnp.zeros((NUM_NODES,) + (x1.shape[0], h, w, x1.shape[3]), x1.dtype)
+        nodes = jnp.zeros((num_nodes,) + (x1.shape[0], h, w, x1.shape[3]), x1.dtype)
       keys = (jax.random.split(jax.random.fold_in(rng, g), len(ids))
               if rng is not None else None)
       nodes, st = self._scan_edges(
@@ -270,8 +288,10 @@ class SearchCell:
           srcs, dsts, weights[ids], mask[ids], keys, train,
           None if edge_weights is None else edge_weights[ids])
       new_stats[f"edges{g}"] = st
+    if self.space.cell_output == "last":  # NAS-Bench-201: the last node
+      return nodes[-1], new_stats
     b, h, w, c = nodes.shape[1:]
-    out = jnp.moveaxis(nodes, 0, 3).reshape(b, h, w, NUM_NODES * c)  # node-major concat
+    out = jnp.moveaxis(nodes, 0, 3).reshape(b, h, w, num_nodes * c)  # node-major concat
     out_mod = self._output()
     if out_mod is not None:
       out = out_mod.apply({"params": params["out"]}, out)
@@ -281,8 +301,9 @@ class SearchCell:
                   weights, mask, keys, train, edge_weights=None):
     modules = self._op_modules(group.stride)
     op_index = {name: self.space.ops.index(name) for name in modules}
-    from_inputs = all(s < NUM_INPUTS for s in srcs)
-    from_nodes = all(s >= NUM_INPUTS for s in srcs)
+    n_in = self.space.num_inputs
+    from_inputs = all(s < n_in for s in srcs)
+    from_nodes = all(s >= n_in for s in srcs)
 
     def mixed_op(p, s, x, u, m, key, ew):
       """sum_i u_i f_i(x) over the live experts; each runs under lax.cond.
@@ -355,12 +376,12 @@ class SearchCell:
       if from_inputs:
         x = None
       elif from_nodes:
-        x = nodes[src - NUM_INPUTS]
+        x = nodes[src - n_in]
       else:  # same shapes (stride 1): select without copying the state buffer
-        x = jnp.where(src < NUM_INPUTS, inputs[jnp.minimum(src, NUM_INPUTS - 1)],
-                      nodes[jnp.maximum(src - NUM_INPUTS, 0)])
+        x = jnp.where(src < n_in, inputs[jnp.minimum(src, n_in - 1)],
+                      nodes[jnp.maximum(src - n_in, 0)])
       y, new_s = step(src, p, s, x, u, m, key, ew)
-      return nodes.at[dst - NUM_INPUTS].add(y), new_s
+      return nodes.at[dst - n_in].add(y), new_s
 
     if keys is None:
       keys = jnp.zeros((len(srcs), 2), jnp.uint32)
@@ -372,10 +393,10 @@ class SearchCell:
     new_stats = []
     for pos, (src, dst) in enumerate(zip(srcs.tolist(), dsts.tolist())):
       take = lambda tree, pos=pos: jax.tree.map(lambda a: a[pos], tree)
-      x = inputs[src] if src < NUM_INPUTS else nodes[src - NUM_INPUTS]
+      x = inputs[src] if src < n_in else nodes[src - n_in]
       y, st = mixed_op(take(params), take(stats), x, weights[pos], mask[pos], keys[pos],
                        None if edge_weights is None else edge_weights[pos])
-      nodes = nodes.at[dst - NUM_INPUTS].add(y)
+      nodes = nodes.at[dst - n_in].add(y)
       new_stats.append(st)
     return nodes, jax.tree.map(lambda *a: jnp.stack(a), *new_stats)
 
@@ -412,7 +433,7 @@ class Supernet:
     if self.active_ops is None:
       avail = self.space.available_mask(cell_type).any(axis=0)
       return tuple(o for o, a in zip(self.space.ops, avail) if a)
-    return self.active_ops[CELL_TYPES.index(cell_type)]
+    return self.active_ops[self.space.cell_types.index(cell_type)]
 
   @functools.cached_property
   def cells(self) -> tuple[SearchCell, ...]:
@@ -431,14 +452,15 @@ class Supernet:
   @property
   def replicas(self) -> dict[str, int]:
     """Number of cells of each type: the replication ``r_c`` of XNAS sec. 3.1."""
-    return {t: sum(c.cell_type == t for c in self.cells) for t in CELL_TYPES}
+    return {t: sum(c.cell_type == t for c in self.cells) for t in self.space.cell_types}
 
   def default_masks(self) -> dict[str, jax.Array]:
     """The experts that exist: all, or the per-edge sets of space S1, less
     those a pruning removed (``op_mask``)."""
-    masks = {t: np.asarray(self.space.available_mask(t)) for t in CELL_TYPES}
+    types = self.space.cell_types
+    masks = {t: np.asarray(self.space.available_mask(t)) for t in types}
     if self.op_mask is not None:
-      masks = {t: masks[t] & np.asarray(self.op_mask[i], bool) for i, t in enumerate(CELL_TYPES)}
+      masks = {t: masks[t] & np.asarray(self.op_mask[i], bool) for i, t in enumerate(types)}
     return {t: jnp.asarray(m) for t, m in masks.items()}
 
   def init(self, key: jax.Array, x: jax.Array) -> Variables:
@@ -506,7 +528,7 @@ class Supernet:
       raise ValueError("space with a 'noise' op needs rng=")
     b = x.shape[0]
     full, edges = {}, {}
-    for t in CELL_TYPES:
+    for t in self.space.cell_types:
       r = max(self.replicas[t], 1)
       full[t] = jnp.broadcast_to(weights[t], (r, b, self.space.num_edges, self.space.num_ops))
       if "edges" in weights:
@@ -515,7 +537,7 @@ class Supernet:
     s, st = _apply_module(stem, {"params": params["stem"], "batch_stats": stats["stem"]}, x, train)
     new_stats = {"stem": st}
     s0 = s1 = s
-    seen = {t: 0 for t in CELL_TYPES}
+    seen = {t: 0 for t in self.space.cell_types}
     for i, cell in enumerate(self.cells):
       t = cell.cell_type
       u = jnp.swapaxes(full[t][seen[t]], 0, 1)  # [E, B, N]

@@ -38,7 +38,6 @@ from xnas_jax import search_setup
 from xnas_jax import search_steps
 from xnas_jax import seeds as seeds_lib
 from xnas_jax import selection
-from xnas_jax.search_space import CELL_TYPES
 
 PyTree = Any
 ConfigError = config_checks.ConfigError
@@ -189,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           step = run.step_function(fns)
           summaries = [dict(s, rebuilt_without=dropped) for s in summaries]
       checkpointing.append_metrics(metrics_path, summaries)
-      writers.write(summaries, CELL_TYPES)
+      writers.write(summaries, run.searches[0].net.space.cell_types)
       checkpointing.save(manager, int(np.max(state["epoch"])), state,
                          {"active_ops": [list(o) for o in search_setup.built_ops(run.searches[0])],
                           **progressive.structure(run.searches[0].net)})

@@ -10,7 +10,6 @@ from xnas_jax import hypergrad
 from xnas_jax import optim
 from xnas_jax import arch_optimizers as registry
 from xnas_jax.arch_optimizers import xnas
-from xnas_jax.search_space import CELL_TYPES
 
 RULES = xnas.RULES
 HYPERGRADIENTS = hypergrad.METHODS
@@ -19,9 +18,9 @@ HYPERGRADIENTS = hypergrad.METHODS
 def build(config: ml_collections.ConfigDict, shape: registry.SearchShape) -> registry.ArchOptimizer:
   th = xnas.theory(config, shape)
   txs = {t: optax.chain(th.rewards[t], optim.exponentiated_gradient(th.rates[t]))
-         for t in CELL_TYPES}
+         for t in shape.space.cell_types}
   return registry.ArchOptimizer(
-      tx=optax.partition(txs, {t: t for t in CELL_TYPES}, mask_compatible_extra_args=True),
+      tx=optax.partition(txs, {t: t for t in txs}, mask_compatible_extra_args=True),
       gradient_wrt=optim.GRADIENT_WRT_MIXTURE, mixture=registry.softmax_mixture,
       gradient=xnas.identity_gradient, learning_rates=th.rates,
       rewards_per_step=th.rewards_per_step, horizons=th.horizons, reward_bounds=th.bounds)

@@ -31,7 +31,6 @@ import ml_collections
 from xnas_jax import arch as arch_lib
 from xnas_jax import optim
 from xnas_jax import arch_optimizers as registry
-from xnas_jax.search_space import CELL_TYPES
 
 LEARNING_RATE = 3e-4
 TAU_MAX, TAU_MIN = 10.0, 0.1
@@ -70,20 +69,21 @@ def make_sampler(steps_per_epoch: int, epochs: int):
 
   def probs(arch, masks, key, step):
     tau = temperature(step, steps_per_epoch, epochs)
-    keys = dict(zip(CELL_TYPES, jax.random.split(key, len(CELL_TYPES))))
+    types = sorted(masks)  # one key per cell type, in a fixed order
+    keys = dict(zip(types, jax.random.split(key, len(types))))
     return {t: gumbel_probs(arch[t], masks[t], _gumbels(keys[t], arch[t].shape), tau)
-            for t in CELL_TYPES}
+            for t in types}
 
   def mixture(arch, masks, key=None, step=None):
     if key is None:
       return arch_lib.mixture_weights(arch, masks)
     p = probs(arch, masks, key, 0 if step is None else step)
-    return {t: straight_through(p[t]) for t in CELL_TYPES}
+    return {t: straight_through(v) for t, v in p.items()}
 
   def run_masks(arch, masks, key, step):
     p = probs(arch, masks, key, step)
-    return {t: jax.nn.one_hot(jnp.argmax(p[t], -1), p[t].shape[-1], dtype=bool) & masks[t]
-            for t in CELL_TYPES}
+    return {t: jax.nn.one_hot(jnp.argmax(v, -1), v.shape[-1], dtype=bool) & masks[t]
+            for t, v in p.items()}
 
   return mixture, run_masks
 

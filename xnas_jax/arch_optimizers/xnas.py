@@ -20,7 +20,6 @@ import optax
 from xnas_jax import hypergrad
 from xnas_jax import optim
 from xnas_jax.arch_optimizers import ArchOptimizer, SearchShape, softmax_mixture
-from xnas_jax.search_space import CELL_TYPES
 
 RULES = (("grad_bound", "positive"), ("zeta", "unit_closed"),
          ("learning_rate_normal", "optional_positive"),
@@ -43,7 +42,7 @@ def theory(config: ml_collections.ConfigDict, shape: SearchShape) -> Theory:
   acfg = config.arch_optimizer
   per_example = acfg.per_example_rewards
   out = Theory({}, {}, {}, {}, {})
-  for t in CELL_TYPES:
+  for t in shape.space.cell_types:
     r = shape.replicas[t]
     out.rewards_per_step[t] = shape.batch_size * r if per_example else 1
     out.bounds[t] = acfg.grad_bound if per_example else acfg.grad_bound * max(r, 1)
@@ -70,8 +69,8 @@ def build(config: ml_collections.ConfigDict, shape: SearchShape) -> ArchOptimize
   txs = {t: optax.chain(th.rewards[t], optim.exponentiated_gradient(th.rates[t]),
                         optim.wipeout(th.rates[t], th.bounds[t], th.horizons[t], acfg.zeta,
                                       th.rewards_per_step[t], initial_mask=shape.default_masks[t]))
-         for t in CELL_TYPES}
-  tx = optax.partition(txs, {t: t for t in CELL_TYPES}, mask_compatible_extra_args=True)
+         for t in shape.space.cell_types}
+  tx = optax.partition(txs, {t: t for t in txs}, mask_compatible_extra_args=True)
   return ArchOptimizer(tx=tx, gradient_wrt=optim.GRADIENT_WRT_MIXTURE, mixture=softmax_mixture,
                        gradient=identity_gradient, learning_rates=th.rates,
                        rewards_per_step=th.rewards_per_step, horizons=th.horizons,
