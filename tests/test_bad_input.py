@@ -77,7 +77,8 @@ def test_every_retraining_key_refuses_its_bad_values(key, value):
 
 def test_the_rules_cover_every_key_of_the_defaults():
   """A key added to a config later needs a rule (or a choice check)."""
-  choices = {"dataset", "data_dir", "op_set", "topology", "compute_dtype", "depthwise_impl",
+  choices = {"dataset", "data_dir", "space", "op_set", "topology", "compute_dtype",
+             "depthwise_impl",
              "arch_grads_program",
              "arch_gradient", "selection", "hypergrad.solver", "arch_optimizer.name",
              "arch_optimizer.reg_type", "pt.schedule", "budget.metric"}

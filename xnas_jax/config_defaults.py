@@ -124,6 +124,9 @@ def eval_config() -> ml_collections.ConfigDict:
   ``seed`` the initialization, data order, augmentation and drop-path.
   """
   config = ml_collections.ConfigDict()
+  # The space family whose evaluation network retrains the genotype
+  # (xnas_jax.spaces); "" takes the genotype's own.
+  config.space = ""
   config.dataset = "digits"
   config.data_dir = ""
   config.limit = 0

@@ -13,11 +13,13 @@ import argparse
 import os
 import sys
 
+import ml_collections
+
 from xnas_jax import checkpointing
 from xnas_jax import cli
 from xnas_jax import figures
 from xnas_jax import published
-from xnas_jax.search_space import get_search_space
+from xnas_jax import spaces
 
 
 def _draw_genotype(spec: str, outs: list[str]) -> list[str]:
@@ -26,11 +28,14 @@ def _draw_genotype(spec: str, outs: list[str]) -> list[str]:
   except OSError as e:
     cli.fail("xnas-draw", f"cannot read genotype {spec!r}: {e.strerror}")
   except ValueError as e:
-    cli.fail("xnas-draw", f"{spec}: {str(e).splitlines()[0]}")
+    message = str(e).splitlines()[0]
+    cli.fail("xnas-draw", message if spec in message else f"{spec}: {message}")
+  arch_string = spec.strip().startswith("|")  # a NAS-Bench-201 arch string
   if not outs:
-    base = spec if os.path.exists(spec) else os.path.join(".", spec)
+    base = (os.path.join(".", "genotype") if arch_string
+            else spec if os.path.exists(spec) else os.path.join(".", spec))
     outs = [os.path.splitext(base)[0] + ".png"]
-  title = "" if os.path.exists(spec) else f"{spec}:"
+  title = "" if os.path.exists(spec) or arch_string else f"{spec}:"
   return figures.draw_genotype(genotype, outs, title)
 
 
@@ -38,7 +43,7 @@ def _draw_report(workdir: str, seed: int | None, genotype_spec: str | None) -> l
   config = checkpointing.recorded_config(workdir)
   if "op_set" not in config:
     cli.fail("xnas-draw", f"{workdir} is not a search workdir (no config.json of a search)")
-  space = get_search_space(config["op_set"], config["topology"])
+  space = spaces.get(config.get("space", "darts")).make_space(ml_collections.ConfigDict(config))
   suffix = "" if seed is None else f"_seed{seed}"
   spec = genotype_spec or os.path.join(workdir, f"genotype{suffix}.json")
   genotype = published.load(spec) if os.path.exists(spec) or spec in published.GENOTYPES else None

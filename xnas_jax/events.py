@@ -29,9 +29,11 @@ def run_dir(workdir: str, seed: int | None = None) -> str:
   return base if seed is None else os.path.join(base, f"seed{seed}")
 
 
-def scalars_of(line: Mapping[str, Any]) -> dict[str, float]:
+def scalars_of(line: Mapping[str, Any],
+               cell_types: Sequence[str] = ("normal", "reduce")) -> dict[str, float]:
   """The numbers of a metrics line, with TensorBoard tags grouped by kind
-  (``loss/train``, ``entropy/normal``, ...)."""
+  (``loss/train``, ``entropy/normal``, ...; per cell type of the space)."""
+  suffixes = tuple(f"_{t}" for t in cell_types)
   out = {}
   for key, value in line.items():
     if key in _NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -41,7 +43,7 @@ def scalars_of(line: Mapping[str, Any]) -> dict[str, float]:
       out["learning_rate/weights"] = float(value)
     elif rest in ("loss", "acc"):  # train_loss -> loss/train
       out[f"{rest}/{kind}"] = float(value)
-    elif key.endswith(("_normal", "_reduce")):  # entropy_normal -> entropy/normal
+    elif suffixes and key.endswith(suffixes):  # entropy_normal -> entropy/normal
       head, _, cell = key.rpartition("_")
       out[f"{head}/{cell}"] = float(value)
     elif key.endswith("_s"):  # epoch_time_s -> time/epoch_time_s
@@ -68,7 +70,7 @@ class EventWriter:
 
   def write(self, line: Mapping[str, Any], cell_types: Sequence[str] = ()) -> None:
     step = int(line["epoch"])
-    for tag, value in scalars_of(line).items():
+    for tag, value in scalars_of(line, tuple(cell_types) or ("normal", "reduce")).items():
       self._writer.add_scalar(tag, value, step)
     for t in cell_types:
       if f"mixture_{t}" in line:

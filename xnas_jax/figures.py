@@ -69,22 +69,24 @@ def _levels(nodes: NodeEdges, num_inputs: int) -> dict[int, int]:
 DARTS_INPUT_NAMES = ("$c_{k-2}$", "$c_{k-1}$")
 
 
-def _state_name(state: int, input_names: Sequence[str] = DARTS_INPUT_NAMES) -> str:
+def _state_name(state: int, input_names: Sequence[str] = DARTS_INPUT_NAMES,
+                number_from: int = 0) -> str:
   n = len(input_names)
-  return input_names[state] if state < n else str(state - n)
+  return input_names[state] if state < n else str(state - n + number_from)
 
 
 def draw_cell(ax, nodes: NodeEdges, concat: Sequence[int], title: str,
-              input_names: Sequence[str] = DARTS_INPUT_NAMES) -> None:
+              input_names: Sequence[str] = DARTS_INPUT_NAMES, number_from: int = 0) -> None:
   """One cell on ``ax``: states as boxes, kept edges as labelled arrows.
 
   Args:
     nodes: per intermediate node, its ``(op, src)`` edges.
     concat: the states that form the cell's output.
     input_names: the labels of the cell's input states.
+    number_from: the label of the first intermediate node.
   """
   num_inputs = len(input_names)
-  name = lambda s: _state_name(s, input_names)
+  name = lambda s: _state_name(s, input_names, number_from)
   level = _levels(nodes, num_inputs)
   out_level = max(level.values()) + 1
   sources = {k + num_inputs: [src for _, src in _drawn(node)] or [0]
@@ -126,7 +128,10 @@ def draw_cell(ax, nodes: NodeEdges, concat: Sequence[int], title: str,
     dst = k + num_inputs
     x, y = pos[dst]
     drawn = _drawn(node)
-    offsets = np.linspace(0.3, -0.3, len(drawn)) if len(drawn) > 1 else [0.3]
+    if len(drawn) > 2:  # labels top to bottom as their sources sit, so that lines cross less
+      drawn.sort(key=lambda e: -pos[e[1]][1])
+    half = 0.3 * max(len(drawn) - 1, 1)  # two labels at +-0.3 (DARTS), three at +-0.6
+    offsets = np.linspace(half, -half, len(drawn)) if len(drawn) > 1 else [0.3]
     for (op, src), off in zip(drawn, offsets):
       color = OP_COLORS.get(op, _OTHER)
       at = (x - 0.5 * _DX, y + off * _DY)
@@ -152,7 +157,8 @@ def draw_cell(ax, nodes: NodeEdges, concat: Sequence[int], title: str,
 
 
 def cells_figure(cells: Sequence[tuple[str, NodeEdges, Sequence[int]]],
-                 input_names: Sequence[str] = DARTS_INPUT_NAMES, title: str = "") -> Figure:
+                 input_names: Sequence[str] = DARTS_INPUT_NAMES, title: str = "",
+                 number_from: int = 0) -> Figure:
   """Cells side by side (at most 4 a row): each ``(name, nodes, concat)``."""
   cols = min(len(cells), 4)
   rows = -(-len(cells) // cols)
@@ -160,7 +166,7 @@ def cells_figure(cells: Sequence[tuple[str, NodeEdges, Sequence[int]]],
   FigureCanvasAgg(fig)
   for i, (name, nodes, concat) in enumerate(cells):
     ax = fig.add_subplot(rows, cols, i + 1)
-    draw_cell(ax, nodes, concat, f"{title} {name}".strip(), input_names)
+    draw_cell(ax, nodes, concat, f"{title} {name}".strip(), input_names, number_from)
   return fig
 
 
@@ -175,7 +181,8 @@ def genotype_figure(genotype: Genotype, title: str = "") -> Figure:
   """The cells of ``genotype`` (any space family), side by side."""
   from xnas_jax import spaces  # pylint: disable=import-outside-toplevel
   fam = spaces.family_of_genotype(genotype)
-  return cells_figure(fam.cells_to_draw(genotype), fam.INPUT_NAMES, title)
+  return cells_figure(fam.cells_to_draw(genotype), fam.INPUT_NAMES, title,
+                      fam.NODE_NUMBERS_FROM)
 
 
 def draw_genotype(genotype: Genotype, paths: Sequence[str], title: str = "") -> list[str]:
@@ -214,7 +221,9 @@ def report_figure(lines: Sequence[dict[str, Any]], space: SearchSpace, title: st
   if not lines:
     raise ValueError("no metrics lines to draw")
   ops, edges, types, n_in = space.ops, space.edges, space.cell_types, space.num_inputs
-  names = lambda s: _state_name(s, DARTS_INPUT_NAMES if n_in == 2 else ("in",) * n_in)
+  from xnas_jax import spaces  # pylint: disable=import-outside-toplevel
+  fam = spaces.family(space)
+  names = lambda s: _state_name(s, fam.INPUT_NAMES, fam.NODE_NUMBERS_FROM)
   epochs = [l["epoch"] for l in lines]
   num_src = max(s for s, _ in edges) + 1
   num_dst = max(d for _, d in edges) - n_in + 1
@@ -223,7 +232,8 @@ def report_figure(lines: Sequence[dict[str, Any]], space: SearchSpace, title: st
   outer = fig.add_gridspec(2, cols, height_ratios=[3.2, 1.0], hspace=0.25, wspace=0.08)
   for c, t in enumerate(types):
     mix = np.asarray([l[f"mixture_{t}"] for l in lines])  # [epochs, E, N]
-    grid = outer[0, c].subgridspec(num_dst, num_src, hspace=0.15, wspace=0.1)
+    top = outer[0, :] if len(types) == 1 else outer[0, c]  # one cell type: the full width
+    grid = top.subgridspec(num_dst, num_src, hspace=0.15, wspace=0.1)
     kept = _kept(genotype, t)
     for e, (src, dst) in enumerate(edges):
       ax = fig.add_subplot(grid[dst - n_in, src])
@@ -238,7 +248,8 @@ def report_figure(lines: Sequence[dict[str, Any]], space: SearchSpace, title: st
         for side in ax.spines.values():
           side.set_edgecolor(OP_COLORS.get(kept[(src, dst)], _OTHER))
           side.set_linewidth(2.5)
-    fig.text((c + 0.5) / cols, 0.93, f"{t} cell: mixture weights u per edge over epochs "
+    label = t if t.endswith("cell") else f"{t} cell"
+    fig.text((c + 0.5) / len(types), 0.93, f"{label}: mixture weights u per edge over epochs "
              f"{epochs[0]}-{epochs[-1]}" + (" (framed: kept)" if kept else ""), ha="center",
              fontsize=10)
   handles = [patches.Patch(color=OP_COLORS.get(op, _OTHER), label=op) for op in ops]

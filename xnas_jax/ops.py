@@ -129,16 +129,18 @@ def dot_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 class Pointwise(nn.Module):
-  """A 1x1 convolution without bias (``stride`` subsamples first), computed as
-  a matrix product over the channels (``dot_channels``).
+  """A 1x1 convolution (``stride`` subsamples first), computed as a matrix
+  product over the channels (``dot_channels``).
 
-  Its kernel is ``[1, 1, C_in, C_out]`` under the name ``kernel``, as
-  ``nn.Conv(features, (1, 1))`` has it.  XLA:CPU runs a dot several times
+  Its kernel is ``[1, 1, C_in, C_out]`` under the name ``kernel`` (and its
+  bias, where ``use_bias``, ``[C_out]`` under ``bias``), as
+  ``nn.Conv(features, (1, 1))`` has them.  XLA:CPU runs a dot several times
   faster than a 1x1 convolution inside the supernet's ``lax.scan`` over edges
   (``benchmarks/op_profile.py``); on a GPU both are one GEMM.
   """
   features: int
   stride: int = 1
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -146,25 +148,34 @@ class Pointwise(nn.Module):
                         (1, 1, x.shape[-1], self.features), jnp.float32)
     if self.stride > 1:
       x = x[:, ::self.stride, ::self.stride, :]
-    return dot_channels(x, kernel[0, 0].astype(x.dtype))
+    y = dot_channels(x, kernel[0, 0].astype(x.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                         jnp.float32).astype(y.dtype)
+    return y
 
 
 class ReLUConvBN(nn.Module):
-  """ReLU -> Conv(k x k, stride) -> BN."""
+  """ReLU -> Conv(k x k, stride) -> BN.
+
+  ``use_bias``: the convolution's bias, which NAS-Bench-201's release gives a
+  convolution before a non-affine BN (``bias=not affine``); DARTS's have none.
+  """
   features: int
   kernel_size: int = 1
   stride: int = 1
   affine: bool = False
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     p = (self.kernel_size - 1) // 2
     x = nn.relu(x)
     if self.kernel_size == 1:
-      x = Pointwise(self.features, self.stride, name="Conv_0")(x)
+      x = Pointwise(self.features, self.stride, self.use_bias, name="Conv_0")(x)
     else:
       x = nn.Conv(self.features, (self.kernel_size,) * 2, (self.stride,) * 2,
-                  padding=((p, p), (p, p)), use_bias=False)(x)
+                  padding=((p, p), (p, p)), use_bias=self.use_bias)(x)
     return batch_norm(self.affine, train)(x)
 
 
@@ -375,6 +386,9 @@ def make_op(name: str, channels: int, stride: int, affine: bool = False,
       "sep_conv_5x5": lambda: SepConv(channels, 5, stride, affine, dw),
       "dil_conv_3x3": lambda: DilConv(channels, 3, stride, 2, affine, dw),
       "dil_conv_5x5": lambda: DilConv(channels, 5, stride, 2, affine, dw),
+      # NAS-Bench-201's convolutions (xautodl cell_operations.ReLUConvBN).
+      "nor_conv_1x1": lambda: ReLUConvBN(channels, 1, stride, affine, use_bias=not affine),
+      "nor_conv_3x3": lambda: ReLUConvBN(channels, 3, stride, affine, use_bias=not affine),
   }
   if name not in factories:
     raise ValueError(f"unknown operation {name!r}; expected one of {sorted(factories)}")

@@ -96,13 +96,17 @@ GENOTYPES: dict[str, Published] = {
 }
 
 
-def load(spec: str) -> Genotype:
-  """A published genotype by name, or else the genotype JSON file ``spec``
-  (raises ``OSError`` or ``ValueError``)."""
+def load(spec: str):
+  """A published genotype by name, a space's string form (a NAS-Bench-201
+  arch string ``|op~0|+|...|``), or else the genotype JSON file ``spec`` of
+  any space (raises ``OSError`` or ``ValueError``)."""
+  from xnas_jax import spaces  # pylint: disable=import-outside-toplevel
   if spec in GENOTYPES:
     return GENOTYPES[spec].genotype
+  if spec.strip().startswith("|"):
+    return spaces.parse_genotype(spec)
   with open(spec) as f:
-    return Genotype.from_json(f.read())
+    return spaces.parse_genotype(f.read())
 
 
 def get(name: str) -> Genotype:

@@ -38,8 +38,9 @@ from xnas_jax import host_memory
 from xnas_jax import input_pipeline
 from xnas_jax import optim
 from xnas_jax import parallel
-from xnas_jax.genotype import Genotype
-from xnas_jax.search_space import ALL_OPS, image_size_error
+from xnas_jax import spaces
+
+Genotype = Any  # a genotype of any space family (xnas_jax.spaces)
 
 PyTree = Any
 
@@ -75,6 +76,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if input_pipeline.dataset_error(config.dataset):
     raise ConfigError(input_pipeline.dataset_error(config.dataset))
   config_checks.check(config, _RULES, ConfigError)
+  if config.get("space", "") and config.space not in spaces.FAMILIES:
+    raise ConfigError(f"unknown space {config.space!r}; expected one of "
+                      f"{list(spaces.FAMILIES)} (or '' for the genotype's own)")
   device_error = parallel.device_config_error(config.num_devices, config.batch_size)
   if device_error:
     raise ConfigError(device_error)
@@ -85,7 +89,7 @@ class Retraining:
   """Everything static about a retraining run."""
   config: ml_collections.ConfigDict
   genotype: Genotype
-  net: evalnet.EvalNetwork
+  net: Any  # the genotype's evaluation network (a Flax module; evalnet.EvalNetwork in DARTS)
   train: input_pipeline.Split  # both halves of the search split
   test: input_pipeline.Split
   mean: np.ndarray
@@ -98,10 +102,19 @@ class Retraining:
 def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
   """Validates config and genotype, loads the data, builds network and optimizer."""
   validate_config(config)
-  evalnet.validate_genotype(genotype, ALL_OPS)
+  family = spaces.family_of_genotype(genotype)
+  if config.get("space", ""):
+    try:
+      spaces.check_genotype_for(config.space, genotype)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  try:
+    family.eval_network(genotype, 1, config.channels, config.num_cells, False)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   data = input_pipeline.load_search_data(config.dataset, config.data_seed,
                                          data_dir=config.data_dir or None, limit=config.limit)
-  size_error = image_size_error(data.image_shape, config.num_cells)
+  size_error = family.image_size_error(data.image_shape, config.num_cells)
   if size_error:
     raise ConfigError(f"{config.dataset}: {size_error}")
   train = input_pipeline.Split(np.concatenate([data.train.images, data.val.images]),
@@ -109,7 +122,7 @@ def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
   if config.batch_size > len(train):
     raise ConfigError(f"batch_size {config.batch_size} is larger than the data "
                       f"({len(train)} training examples)")
-  net = evalnet.EvalNetwork(genotype, data.num_classes, config.channels, config.num_cells,
+  net = family.eval_network(genotype, data.num_classes, config.channels, config.num_cells,
                             auxiliary=config.aux_weight > 0)
   steps = len(train) // config.batch_size
   schedule = optax.cosine_decay_schedule(config.learning_rate, steps * config.epochs,

@@ -42,7 +42,8 @@ def run(argv: list[str] | None = None) -> None:
   except OSError as e:
     _fail(f"cannot read genotype {_GENOTYPE.value!r}: {e.strerror}")
   except ValueError as e:
-    _fail(f"{_GENOTYPE.value}: {str(e).splitlines()[0]}")
+    message = str(e).splitlines()[0]
+    _fail(message if _GENOTYPE.value in message else f"{_GENOTYPE.value}: {message}")
   cli.enable_compilation_cache()
   try:
     result = retrain.train_and_evaluate(config, genotype, workdir,

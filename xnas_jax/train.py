@@ -195,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if hasattr(bar, "set_postfix"):
         s0 = summaries[0]
         bar.set_postfix(train_acc=f"{s0['train_acc']:.3f}", val_acc=f"{s0['val_acc']:.3f}",
-                        H=f"{s0['entropy_normal']:.3f}")
+                        H=f"{s0[f'entropy_{run.searches[0].net.space.cell_types[0]}']:.3f}")
   finally:
     writers.close()
     manager.wait_until_finished()

@@ -27,6 +27,7 @@ from xnas_jax.supernet import Supernet
 NAME = "darts"
 Genotype = genotype_lib.Genotype
 INPUT_NAMES = ("$c_{k-2}$", "$c_{k-1}$")
+NODE_NUMBERS_FROM = 0  # nodes are drawn as 0..3
 
 discretize = genotype_lib.discretize
 from_cells = genotype_lib.from_cells
