@@ -77,7 +77,8 @@ def test_every_retraining_key_refuses_its_bad_values(key, value):
 
 def test_the_rules_cover_every_key_of_the_defaults():
   """A key added to a config later needs a rule (or a choice check)."""
-  choices = {"dataset", "data_dir", "space", "op_set", "topology", "compute_dtype",
+  choices = {"dataset", "data_dir", "space", "op_set", "topology", "arch_sharing",
+             "compute_dtype",
              "depthwise_impl",
              "arch_grads_program",
              "arch_gradient", "selection", "hypergrad.solver", "arch_optimizer.name",
@@ -85,7 +86,8 @@ def test_the_rules_cover_every_key_of_the_defaults():
   ruled = {k.partition("@")[0] for k, _ in _search_rules()} | choices
   flat = config_checks_keys(config_defaults.base_config())
   assert flat - ruled == set()
-  ruled = {k for k, _ in retrain._RULES} | {"dataset", "data_dir"}  # pylint: disable=protected-access
+  ruled = {k for k, _ in retrain._RULES} | {"dataset", "data_dir", "space", "network",  # pylint: disable=protected-access
+                                           "lr_schedule"}
   assert config_checks_keys(config_defaults.eval_config()) - ruled == set()
 
 

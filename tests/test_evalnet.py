@@ -76,3 +76,56 @@ def test_bad_genotypes_are_named(edit, message):
   edit(d)
   with pytest.raises(ValueError, match=message):
     evalnet.validate_genotype(Genotype.from_dict(d), ALL_OPS)
+
+
+def _hand_count_imagenet(genotype, c, num_cells, classes):
+  """DARTS's NetworkImageNet counted by hand, op by op: two stems, each
+  cell's preprocessing (a factorized reduce after a smaller-map input) and
+  operations (a separable conv is two depthwise-pointwise-BN stacks, a
+  dilated one one stack, a stride-2 skip a factorized reduce; pools and
+  stride-1 skips are free), and the classifier."""
+  bn = lambda ch: 2 * ch
+  fr = lambda c_in, c_out: 2 * c_in * (c_out // 2) + bn(c_out)
+  rcb = lambda c_in, c_out: c_in * c_out + bn(c_out)
+  stack = lambda k, ch: k * k * ch + ch * ch + bn(ch)
+  op = {"sep_conv_3x3": lambda ch: 2 * stack(3, ch), "sep_conv_5x5": lambda ch: 2 * stack(5, ch),
+        "dil_conv_3x3": lambda ch: stack(3, ch), "dil_conv_5x5": lambda ch: stack(5, ch)}
+  count = 9 * 3 * (c // 2) + bn(c // 2) + 9 * (c // 2) * c + bn(c)  # stem0
+  count += 9 * c * c + bn(c)  # stem1
+  c_pp, c_p, cur, reduction_prev = c, c, c, True
+  for i in range(num_cells):
+    reduction = i in (num_cells // 3, 2 * num_cells // 3)
+    cur = 2 * cur if reduction else cur
+    count += (fr(c_pp, cur) if reduction_prev else rcb(c_pp, cur)) + rcb(c_p, cur)
+    for name, src in (genotype.reduce if reduction else genotype.normal):
+      if name in op:
+        count += op[name](cur)
+      elif name == "skip_connect" and reduction and src < 2:
+        count += fr(cur, cur)
+    c_pp, c_p, reduction_prev = c_p, 4 * cur, reduction
+  return count + c_p * classes + classes
+
+
+def test_imagenet_network_has_darts_v2s_parameter_count():
+  """NetworkImageNet (14 cells, C=48, 1000 classes) with DARTS V2: 4,718,752
+  parameters without the auxiliary head, as the release counts them (DARTS
+  reports 4.7M); and a cell with stride-2 skips and 5x5 convs at small sizes."""
+  from xnas_jax import published  # pylint: disable=import-outside-toplevel
+  v2 = published.get("darts_v2")
+  for genotype, c, cells, classes, size in ((v2, 48, 14, 1000, 224),
+                                            (_genotype("sep_conv_5x5", "dil_conv_5x5"), 8, 5,
+                                             10, 32)):
+    net = evalnet.EvalNetwork(genotype, classes, c, cells, auxiliary=True, stem="imagenet")
+    k = jax.random.key(0)
+    shapes = jax.eval_shape(lambda net=net, size=size: net.init(
+        {"params": k, "dropout": k}, jnp.zeros((1, size, size, 3)), True))
+    want = _hand_count_imagenet(genotype, c, cells, classes)
+    assert evalnet.parameter_count(shapes["params"]) == want
+    if c == 48:
+      assert want == 4718752
+    assert "aux_head" in shapes["params"]  # ImageNet's auxiliary head, not counted
+  variables = jax.eval_shape(lambda: _init(net, (2, 32, 32, 3)))
+  logits, aux = jax.eval_shape(lambda v: net.apply(
+      v, jnp.zeros((2, 32, 32, 3)), True, 0.0, rngs={"dropout": jax.random.key(1)},
+      mutable=["batch_stats"])[0], variables)
+  assert logits.shape == aux.shape == (2, 10)

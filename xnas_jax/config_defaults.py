@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.space = "darts"
   config.op_set = "xnas"
   config.topology = "darts"
+  # "cell_type": one architecture per cell type, shared by its cells (DARTS);
+  # "cell": every cell its own (Bi et al.'s S2; the darts space only).
+  config.arch_sharing = "cell_type"
   config.channels = 8
   config.num_cells = 5
   config.batch_size = 32  # global: split over the devices
@@ -127,6 +130,9 @@ def eval_config() -> ml_collections.ConfigDict:
   # The space family whose evaluation network retrains the genotype
   # (xnas_jax.spaces); "" takes the genotype's own.
   config.space = ""
+  # The DARTS space's evaluation network: "cifar" (NetworkCIFAR) or
+  # "imagenet" (NetworkImageNet, the mobile setting).
+  config.network = "cifar"
   config.dataset = "digits"
   config.data_dir = ""
   config.limit = 0
@@ -138,6 +144,9 @@ def eval_config() -> ml_collections.ConfigDict:
   config.num_devices = 0  # 0 = all
   config.epochs = 20
   config.learning_rate = 0.025
+  # "cosine" to min_learning_rate, or "exponential": x lr_decay every epoch.
+  config.lr_schedule = "cosine"
+  config.lr_decay = 0.97
   config.min_learning_rate = 0.0
   config.momentum = 0.9
   config.nesterov = True

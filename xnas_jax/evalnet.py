@@ -15,6 +15,14 @@ XNAS, Bi et al. and Wang et al. retrain their cells in:
 * global average pooling and a linear classifier.
 
 Unlike the supernet, every BN is affine and pooling has no BN after it.
+
+With ``stem="imagenet"`` it is DARTS's ``NetworkImageNet`` (the mobile
+setting of DARTS sec. 3.4 and XNAS sec. 4.2: 14 cells at C=48 on 224x224
+images): two stems of stride-2 3x3 convolutions (``stem0``: conv to C/2,
+BN, ReLU, conv to C, BN; ``stem1``: ReLU, conv, BN) take the images to 1/8
+of their size, the first cell's first input is the 1/4-size ``stem0``
+output (a factorized reduce), the auxiliary head is ImageNet's, and the
+classifier pools globally (DARTS's 7x7 average pool of the 7x7 map).
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from xnas_jax import ops as ops_lib
-from xnas_jax.genotype import Genotype
+from xnas_jax.genotype import CellsGenotype, Genotype
 from xnas_jax.search_space import reduction_layers
 
 
@@ -89,52 +97,104 @@ class AuxiliaryHead(nn.Module):
     return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 
+class AuxiliaryHeadImageNet(nn.Module):
+  """DARTS's ImageNet auxiliary classifier: ReLU, 5x5 average pool (stride 2,
+  padding excluded), 1x1 conv to 128, BN, ReLU, 2x2 conv to 768, ReLU (the
+  release leaves out the BN after it), linear."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = nn.relu(x)
+    k = min(5, x.shape[1], x.shape[2])
+    x = nn.avg_pool(x, (k, k), (2, 2), padding="VALID")
+    x = nn.Conv(128, (1, 1), use_bias=False)(x)
+    x = nn.relu(ops_lib.batch_norm(True, train)(x))
+    k2 = min(2, x.shape[1], x.shape[2])
+    x = nn.relu(nn.Conv(768, (k2, k2), padding="VALID", use_bias=False)(x))
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+class ImageNetStem(nn.Module):
+  """DARTS's ``stem0`` and ``stem1``: ``(s0, s1)`` at 1/4 and 1/8 of the image."""
+  channels: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    c = self.channels
+    conv = lambda f, name: nn.Conv(f, (3, 3), (2, 2), padding=((1, 1), (1, 1)), use_bias=False,
+                                   name=name)
+    s0 = conv(c // 2, "stem0_conv0")(x)
+    s0 = nn.relu(ops_lib.batch_norm(True, train, name="stem0_bn0")(s0))
+    s0 = ops_lib.batch_norm(True, train, name="stem0_bn1")(conv(c, "stem0_conv1")(s0))
+    s1 = ops_lib.batch_norm(True, train, name="stem1_bn")(conv(c, "stem1_conv")(nn.relu(s0)))
+    return s0, s1
+
+
+STEMS = ("cifar", "imagenet")
+
+
 class EvalNetwork(nn.Module):
-  """Stacked genotype cells (DARTS's ``NetworkCIFAR``).
+  """Stacked genotype cells (DARTS's ``NetworkCIFAR``, or ``NetworkImageNet``
+  with ``stem="imagenet"``).
 
   ``__call__`` returns ``(logits, aux_logits)``; ``aux_logits`` is ``None``
   unless ``train`` and ``auxiliary``.  Needs the ``"dropout"`` RNG when
   training and the ``"noise"`` RNG when the genotype has a ``noise`` op.
   """
-  genotype: Genotype
+  genotype: Genotype | CellsGenotype
   num_classes: int
   channels: int = 36
   num_cells: int = 20
   auxiliary: bool = True
   stem_multiplier: int = 3
+  stem: str = "cifar"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True,
                drop_prob: jax.Array | float = 0.0) -> tuple[jax.Array, jax.Array | None]:
     c = self.channels
-    x = nn.Conv(self.stem_multiplier * c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
-    s0 = s1 = ops_lib.batch_norm(True, train)(x)
+    imagenet = self.stem == "imagenet"
+    if imagenet:
+      s0, s1 = ImageNetStem(c, name="stem")(x, train)
+    else:
+      x = nn.Conv(self.stem_multiplier * c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
+      s0 = s1 = ops_lib.batch_norm(True, train)(x)
     reductions = reduction_layers(self.num_cells)
     aux_at = 2 * self.num_cells // 3
-    reduction_prev, aux = False, None
+    reduction_prev, aux = imagenet, None  # ImageNet's s0 is twice s1's size
     drop_prob = jnp.asarray(drop_prob, jnp.float32)
     for i in range(self.num_cells):
       reduction = i in reductions
       if reduction:
         c *= 2
-      edges = self.genotype.reduce if reduction else self.genotype.normal
-      concat = self.genotype.reduce_concat if reduction else self.genotype.normal_concat
+      edges, concat = (self.genotype.layer(i) if isinstance(self.genotype, CellsGenotype)
+                       else self.genotype.layer(i, reduction))
       cell = EvalCell(tuple(edges), tuple(concat), c, reduction, reduction_prev,
                       self.genotype.num_nodes, name=f"cell{i}")
       s0, s1 = s1, cell(s0, s1, drop_prob, train)
       reduction_prev = reduction
       if i == aux_at and self.auxiliary and train:
-        aux = AuxiliaryHead(self.num_classes, name="aux_head")(s1, train)
+        head = AuxiliaryHeadImageNet if imagenet else AuxiliaryHead
+        aux = head(self.num_classes, name="aux_head")(s1, train)
     logits = nn.Dense(self.num_classes, name="classifier")(jnp.mean(s1, axis=(1, 2)))
     return logits, aux
 
 
-def validate_genotype(genotype: Genotype, valid_ops: Sequence[str]) -> None:
+def validate_genotype(genotype: Genotype | CellsGenotype, valid_ops: Sequence[str],
+                      num_cells: int | None = None) -> None:
   """Raises ``ValueError`` (one line, naming the bad value) for a genotype
-  the evaluation network cannot build."""
+  the evaluation network (of ``num_cells`` cells, where given) cannot build."""
   num_nodes, num_inputs = genotype.num_nodes, genotype.num_inputs
-  for cell_type in ("normal", "reduce"):
-    edges = genotype.edges(cell_type)
+  if isinstance(genotype, CellsGenotype):
+    if num_cells is not None and len(genotype.cells) != num_cells:
+      raise ValueError(f"the genotype has one cell per layer for {len(genotype.cells)} "
+                       f"layers; num_cells is {num_cells} (use --config.num_cells="
+                       f"{len(genotype.cells)})")
+    layers = [(f"cell{i}", c, genotype.concat) for i, c in enumerate(genotype.cells)]
+  else:
+    layers = [(t, genotype.edges(t), genotype.concat(t)) for t in ("normal", "reduce")]
+  for cell_type, edges, concat in layers:
     if num_nodes < 1 or not edges or len(edges) % num_nodes:
       raise ValueError(f"genotype {cell_type} cell has {len(edges)} edges; expected the same "
                        f"number for each of the {num_nodes} nodes")
@@ -145,7 +205,7 @@ def validate_genotype(genotype: Genotype, valid_ops: Sequence[str]) -> None:
       node = k // per_node
       if not 0 <= src < num_inputs + node:
         raise ValueError(f"genotype {cell_type} cell: node {node} cannot take input {src}")
-    for i in genotype.concat(cell_type):
+    for i in concat:
       if not 0 <= i < num_inputs + num_nodes:
         raise ValueError(f"genotype {cell_type}_concat has state {i}, which does not exist")
 

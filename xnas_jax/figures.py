@@ -220,7 +220,9 @@ def report_figure(lines: Sequence[dict[str, Any]], space: SearchSpace, title: st
   edges ``genotype`` keeps are framed in their operation's colour."""
   if not lines:
     raise ValueError("no metrics lines to draw")
-  ops, edges, types, n_in = space.ops, space.edges, space.cell_types, space.num_inputs
+  ops, edges, n_in = space.ops, space.edges, space.num_inputs
+  every_type = space.cell_types
+  types = every_type[:4]  # an architecture per cell: the first four cells' mixtures
   from xnas_jax import spaces  # pylint: disable=import-outside-toplevel
   fam = spaces.family(space)
   names = lambda s: _state_name(s, fam.INPUT_NAMES, fam.NODE_NUMBERS_FROM)
@@ -248,21 +250,21 @@ def report_figure(lines: Sequence[dict[str, Any]], space: SearchSpace, title: st
         for side in ax.spines.values():
           side.set_edgecolor(OP_COLORS.get(kept[(src, dst)], _OTHER))
           side.set_linewidth(2.5)
-    label = t if t.endswith("cell") else f"{t} cell"
+    label = t if t.startswith("cell") or t.endswith("cell") else f"{t} cell"
     fig.text((c + 0.5) / len(types), 0.93, f"{label}: mixture weights u per edge over epochs "
-             f"{epochs[0]}-{epochs[-1]}" + (" (framed: kept)" if kept else ""), ha="center",
-             fontsize=10)
+             f"{epochs[0]}-{epochs[-1]}" + (" (framed: kept)" if kept and len(types) < 3 else ""),
+             ha="center", fontsize=10)
   handles = [patches.Patch(color=OP_COLORS.get(op, _OTHER), label=op) for op in ops]
   fig.legend(handles=handles, loc="upper center", ncol=len(ops), fontsize=8, frameon=False,
              bbox_to_anchor=(0.5, 0.975))
   for c, (key, label) in enumerate((("active", "live experts"), ("entropy", "normalized entropy"))):
     ax = fig.add_subplot(outer[1, c])
-    for t, style in zip(types, ("-", "--", "-.", ":") * len(types)):
+    for t, style in zip(every_type, ("-", "--", "-.", ":") * len(every_type)):
       ax.plot(epochs, [l[f"{key}_{t}"] for l in lines], style, marker="o", ms=3, label=t)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_ylabel(label)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=max(len(every_type) // 8, 1))
     ax.grid(alpha=0.3)
   if title:
     fig.suptitle(title, y=1.0)

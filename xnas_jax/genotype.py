@@ -62,6 +62,11 @@ class Genotype:
   def edges(self, cell_type: str) -> tuple[Edge, ...]:
     return self.normal if cell_type == "normal" else self.reduce
 
+  def layer(self, i: int, reduction: bool) -> tuple[tuple[Edge, ...], tuple[int, ...]]:
+    """The edges and concat of layer ``i`` (a reduction cell or not)."""
+    t = "reduce" if reduction else "normal"
+    return self.edges(t), self.concat(t)
+
   def concat(self, cell_type: str) -> tuple[int, ...]:
     return self.normal_concat if cell_type == "normal" else self.reduce_concat
 
@@ -85,6 +90,55 @@ class Genotype:
   def ops(self) -> tuple[str, ...]:
     """The operation of every edge of both cells."""
     return tuple(op for op, _ in self.normal + self.reduce)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellsGenotype:
+  """One discrete DARTS cell per layer: an architecture per cell (Bi et al.'s
+  S2), in layer order; each cell lists its ``(op, src)`` edges node by node,
+  and every cell concatenates the nodes ``concat``."""
+  cells: tuple[tuple[Edge, ...], ...]
+  concat: tuple[int, ...] = (2, 3, 4, 5)
+  num_inputs: ClassVar[int] = 2
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"cells": [[list(e) for e in cell] for cell in self.cells],
+            "concat": list(self.concat)}
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "CellsGenotype":
+    try:
+      cells = tuple(tuple((str(o), int(s)) for o, s in cell) for cell in d["cells"])
+      concat = tuple(int(i) for i in d.get("concat", (2, 3, 4, 5)))
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"not a genotype of one cell per layer: {e!r}") from None
+    if not cells:
+      raise ValueError("not a genotype of one cell per layer: 'cells' is empty")
+    return cls(cells, concat)
+
+  @property
+  def num_nodes(self) -> int:
+    return max(self.concat) + 1 - self.num_inputs
+
+  def layer(self, i: int) -> tuple[tuple[Edge, ...], tuple[int, ...]]:
+    """Cell ``i``'s edges and concat."""
+    return self.cells[i], self.concat
+
+  def nodes(self, cell_type: str) -> tuple[tuple[Edge, ...], ...]:
+    """Per node, its edges, of cell ``f"cell{i}"``."""
+    edges = self.cells[int(cell_type.removeprefix("cell"))]
+    per_node = max(len(edges) // max(self.num_nodes, 1), 1)
+    return tuple(edges[k:k + per_node] for k in range(0, len(edges), per_node))
+
+  def kept_edges(self, cell_type: str) -> dict[tuple[int, int], str]:
+    return {(src, self.num_inputs + j): op for j, node in enumerate(self.nodes(cell_type))
+            for op, src in node}
+
+  def ops(self) -> tuple[str, ...]:
+    return tuple(op for cell in self.cells for op, _ in cell)
 
 
 def _strongest(weights: np.ndarray, ops: Sequence[str], alive: np.ndarray) -> int:
@@ -179,7 +233,7 @@ def discretize_cell(weights: np.ndarray, space: SearchSpace, alive: np.ndarray |
 def discretize(weights: dict[str, np.ndarray], space: SearchSpace,
                alive: dict[str, np.ndarray] | None = None,
                notes: list[str] | None = None,
-               edge_weights: dict[str, np.ndarray] | None = None) -> Genotype:
+               edge_weights: dict[str, np.ndarray] | None = None) -> "Genotype | CellsGenotype":
   """Magnitude selection of both cell types; see ``discretize_cell``."""
   cells = {}
   for t in space.cell_types:
@@ -190,10 +244,14 @@ def discretize(weights: dict[str, np.ndarray], space: SearchSpace,
   return from_cells(space, cells)
 
 
-def from_cells(space: SearchSpace, cells: dict[str, Sequence[Edge]]) -> Genotype:
-  """The DARTS-form genotype of a normal and a reduction cell's kept edges,
-  every node of the space concatenated into the cell's output."""
+def from_cells(space: SearchSpace, cells: dict[str, Sequence[Edge]]
+               ) -> "Genotype | CellsGenotype":
+  """The DARTS-form genotype of a normal and a reduction cell's kept edges
+  (or, with an architecture per cell, of every cell's), every node of the
+  space concatenated into the cell's output."""
   concat = space.nodes
+  if "normal" not in space.cell_types:
+    return CellsGenotype(tuple(tuple(cells[t]) for t in space.cell_types), concat)
   return Genotype(tuple(cells["normal"]), concat, tuple(cells["reduce"]), concat)
 
 

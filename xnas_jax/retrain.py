@@ -63,8 +63,9 @@ _RULES = (
     ("grad_clip", "positive"), ("aux_weight", "nonnegative"), ("drop_path_prob", "unit_open"),
     ("label_smoothing", "unit_open"), ("augment.pad", "nonnegative_int"),
     ("augment.flip", "bool"), ("augment.cutout", "nonnegative_int"),
-    ("tensorboard", "bool"), ("figures", "bool"),
+    ("tensorboard", "bool"), ("figures", "bool"), ("lr_decay", "unit_open"),
 )
+LR_SCHEDULES = ("cosine", "exponential")
 
 
 # Keys that may differ when a retraining resumes (see train.RESUMABLE_KEYS).
@@ -76,6 +77,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if input_pipeline.dataset_error(config.dataset):
     raise ConfigError(input_pipeline.dataset_error(config.dataset))
   config_checks.check(config, _RULES, ConfigError)
+  config_checks.check_choice(config, "lr_schedule", LR_SCHEDULES, ConfigError)
+  config_checks.check_choice(config, "network", evalnet.STEMS, ConfigError)
   if config.get("space", "") and config.space not in spaces.FAMILIES:
     raise ConfigError(f"unknown space {config.space!r}; expected one of "
                       f"{list(spaces.FAMILIES)} (or '' for the genotype's own)")
@@ -109,7 +112,8 @@ def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
     except ValueError as e:
       raise ConfigError(str(e)) from None
   try:
-    family.eval_network(genotype, 1, config.channels, config.num_cells, False)
+    family.eval_network(genotype, 1, config.channels, config.num_cells, False,
+                        network=config.get("network", "cifar"))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   data = input_pipeline.load_search_data(config.dataset, config.data_seed,
@@ -123,14 +127,26 @@ def build(config: ml_collections.ConfigDict, genotype: Genotype) -> Retraining:
     raise ConfigError(f"batch_size {config.batch_size} is larger than the data "
                       f"({len(train)} training examples)")
   net = family.eval_network(genotype, data.num_classes, config.channels, config.num_cells,
-                            auxiliary=config.aux_weight > 0)
+                            auxiliary=config.aux_weight > 0,
+                            network=config.get("network", "cifar"))
   steps = len(train) // config.batch_size
-  schedule = optax.cosine_decay_schedule(config.learning_rate, steps * config.epochs,
-                                         alpha=config.min_learning_rate / config.learning_rate)
+  schedule = learning_rate_schedule(config, steps)
   tx = optim.darts_sgd(schedule, config.momentum, config.weight_decay, config.grad_clip,
                        nesterov=config.nesterov)
   return Retraining(config, genotype, net, train, data.test, data.mean, data.std, tx, steps,
                     schedule)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int
+                           ) -> optax.Schedule:
+  """``lr_schedule``: "cosine" to ``min_learning_rate`` over the run (DARTS's
+  CIFAR protocol), or "exponential": times ``lr_decay`` after every epoch
+  (DARTS's ImageNet protocol, ``StepLR(1, gamma=0.97)``)."""
+  if config.get("lr_schedule", "cosine") == "exponential":
+    return optax.exponential_decay(config.learning_rate, steps_per_epoch, config.lr_decay,
+                                   staircase=True)
+  return optax.cosine_decay_schedule(config.learning_rate, steps_per_epoch * config.epochs,
+                                     alpha=config.min_learning_rate / config.learning_rate)
 
 
 def init_state(run: Retraining, key: jax.Array) -> PyTree:

@@ -181,6 +181,18 @@ def get_search_space(op_set: str = "darts", topology: str = "darts") -> SearchSp
       cell_output="conv1x1" if op_set == "xnas" else "concat", topology=topology)
 
 
+def per_cell(space: SearchSpace, num_cells: int) -> SearchSpace:
+  """``space`` with an architecture per cell (Bi et al.'s S2): cell ``i`` of
+  ``num_cells`` is its own cell type ``f"cell{i}"``, with the experts its
+  normal or reduction cell type has."""
+  reductions = reduction_layers(num_cells)
+  available = tuple(space.available[space.cell_types.index("reduce" if i in reductions
+                                                           else "normal")]
+                    for i in range(num_cells))
+  return dataclasses.replace(space, cell_types=tuple(f"cell{i}" for i in range(num_cells)),
+                             available=available)
+
+
 def reduction_layers(num_cells: int) -> tuple[int, ...]:
   """Indices of the reduction cells: at 1/3 and 2/3 of the depth (DARTS)."""
   if num_cells < 3:

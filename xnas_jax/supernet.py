@@ -172,6 +172,9 @@ class SearchCell:
   preprocess: bool = True
   # DARTS's search network follows each pooling with a non-affine BN; NAS-Bench-201's does not.
   pool_bn: bool = True
+  # Whether the cell is a reduction cell, where its cell_type (the key of its
+  # architecture parameters) does not say (an architecture per cell).
+  reduces: bool | None = None
 
   @property
   def op_channels(self) -> int:
@@ -180,7 +183,7 @@ class SearchCell:
 
   @property
   def reduction(self) -> bool:
-    return self.cell_type == "reduce"
+    return self.cell_type == "reduce" if self.reduces is None else self.reduces
 
   @property
   def groups(self) -> tuple[EdgeGroup, ...]:
@@ -413,6 +416,10 @@ class Supernet:
     stem_multiplier: stem channels = ``stem_multiplier * C``.
     active_ops: per cell type (normal, reduce), the ops built into the graph;
       ``None`` builds every op of the space.  Part of the compiled structure.
+    arch_sharing: ``"cell_type"`` (DARTS: every normal cell shares one
+      architecture, every reduction cell another) or ``"cell"`` (Bi et al.'s
+      S2: each cell ``i`` has its own, under the cell type ``f"cell{i}"`` of a
+      space from ``search_space.per_cell``).
   """
   space: SearchSpace
   num_classes: int
@@ -428,6 +435,7 @@ class Supernet:
   # Per cell type, [edges][ops] bools of the experts kept by a pruning
   # (DrNAS's progressive search, ``xnas_jax.progressive``); None: all.
   op_mask: tuple[tuple[tuple[bool, ...], ...], ...] | None = None
+  arch_sharing: str = "cell_type"
 
   def built_ops(self, cell_type: str) -> tuple[str, ...]:
     if self.active_ops is None:
@@ -440,13 +448,16 @@ class Supernet:
     reductions = reduction_layers(self.num_cells)
     cells, c, reduction_prev = [], self.channels, False
     for i in range(self.num_cells):
-      cell_type = "reduce" if i in reductions else "normal"
-      if cell_type == "reduce":
+      reduction = i in reductions
+      if reduction:
         c *= 2
+      cell_type = (f"cell{i}" if self.arch_sharing == "cell"
+                   else "reduce" if reduction else "normal")
       cells.append(SearchCell(self.space, cell_type, c, reduction_prev,
                               self.built_ops(cell_type), self.edge_loop, self.gate,
-                              self.depthwise_impl, self.remat, self.partial_channels))
-      reduction_prev = cell_type == "reduce"
+                              self.depthwise_impl, self.remat, self.partial_channels,
+                              reduces=reduction))
+      reduction_prev = reduction
     return tuple(cells)
 
   @property

@@ -95,7 +95,7 @@ def family_of_genotype(genotype: Any) -> types.ModuleType:
   """The family module whose ``Genotype`` class ``genotype`` is."""
   for name in FAMILIES:
     module = get(name)
-    if isinstance(genotype, module.Genotype):
+    if isinstance(genotype, getattr(module, "GENOTYPE_TYPES", module.Genotype)):
       return module
   raise ValueError(f"not a genotype of any space: {type(genotype).__name__}")
 

@@ -5,7 +5,10 @@ fed by every earlier state (``topology="darts"``, 14 edges) or by the first
 input and the previous state (``"fixed"``, 8 edges; Bi et al.); a normal and
 a reduction cell type own the architecture parameters; a discrete cell keeps
 two edges per node.  The op sets (``op_set``): DARTS's, XNAS's (no ``none``,
-a 1x1-conv cell output), and Zela et al.'s S1-S4.  The search network is
+a 1x1-conv cell output), and Zela et al.'s S1-S4.  With
+``arch_sharing="cell"`` every cell owns its architecture (Bi et al.'s S2,
+sec. 4.1.3; cell types ``cell0 .. cell{n-1}``) and the genotype lists one
+cell per layer (``genotype.CellsGenotype``).  The search network is
 ``xnas_jax.supernet.Supernet`` (DARTS's ``model_search``), the evaluation
 network ``xnas_jax.evalnet.EvalNetwork`` (``NetworkCIFAR``), the genotype
 ``xnas_jax.genotype.Genotype`` (DARTS's ``Genotype`` namedtuple as JSON).
@@ -26,6 +29,8 @@ from xnas_jax.supernet import Supernet
 
 NAME = "darts"
 Genotype = genotype_lib.Genotype
+GENOTYPE_TYPES = (genotype_lib.Genotype, genotype_lib.CellsGenotype)
+ARCH_SHARING = ("cell_type", "cell")
 INPUT_NAMES = ("$c_{k-2}$", "$c_{k-1}$")
 NODE_NUMBERS_FROM = 0  # nodes are drawn as 0..3
 
@@ -42,32 +47,55 @@ def validate(config: ml_collections.ConfigDict, error: type = config_checks.Conf
   config_checks.check_choice(config, "topology", search_space.TOPOLOGIES, error)
   if config.op_set == "s1" and config.topology != "darts":
     raise error("op set 's1' is defined per edge of the 'darts' topology only")
+  config_checks.check_choice(config, "arch_sharing", ARCH_SHARING, error)
+  if config.get("arch_sharing", "cell_type") == "cell":
+    if config.get("budget", {}).get("metric", "none") != "none":
+      raise error(f"arch_sharing='cell' cannot have budget.metric={config.budget.metric!r}: "
+                  f"the budget's cost model prices one normal and one reduction cell; use "
+                  f"arch_sharing='cell_type' or budget.metric='none'")
+    if config.get("progressive", {}).get("enabled", False):
+      raise error("arch_sharing='cell' cannot have progressive.enabled=True: DrNAS's "
+                  "progressive search prunes per cell type; use arch_sharing='cell_type'")
 
 
 def make_space(config: ml_collections.ConfigDict) -> SearchSpace:
-  return search_space.get_search_space(config.op_set, config.topology)
+  space = search_space.get_search_space(config.op_set, config.topology)
+  if config.get("arch_sharing", "cell_type") == "cell":
+    return search_space.per_cell(space, config.num_cells)
+  return space
 
 
 def supernet(space: SearchSpace, config: ml_collections.ConfigDict, num_classes: int,
              **options: Any) -> Supernet:
   """DARTS's search network of ``config.num_cells`` cells of ``config.channels``."""
   return Supernet(space, num_classes, channels=config.channels, num_cells=config.num_cells,
-                  **options)
+                  arch_sharing=config.get("arch_sharing", "cell_type"), **options)
 
 
-def genotype_from(obj: Any) -> Genotype | None:
-  """A DARTS genotype from its JSON dict (None: not this family's form)."""
+def genotype_from(obj: Any) -> Genotype | genotype_lib.CellsGenotype | None:
+  """A DARTS genotype from its JSON dict: a normal and a reduction cell, or
+  one cell per layer under ``"cells"`` (None: not this family's form)."""
+  if isinstance(obj, dict) and "cells" in obj:
+    return genotype_lib.CellsGenotype.from_dict(obj)
   if not isinstance(obj, dict) or "normal" not in obj:
     return None
   return Genotype.from_dict(obj)
 
 
-def eval_network(genotype: Genotype, num_classes: int, channels: int, num_cells: int,
-                 auxiliary: bool) -> evalnet.EvalNetwork:
-  evalnet.validate_genotype(genotype, search_space.ALL_OPS)
-  return evalnet.EvalNetwork(genotype, num_classes, channels, num_cells, auxiliary=auxiliary)
+def eval_network(genotype: Genotype | genotype_lib.CellsGenotype, num_classes: int,
+                 channels: int, num_cells: int, auxiliary: bool,
+                 network: str = "cifar") -> evalnet.EvalNetwork:
+  """``NetworkCIFAR``, or ``NetworkImageNet`` with ``network="imagenet"``."""
+  evalnet.validate_genotype(genotype, search_space.ALL_OPS, num_cells)
+  return evalnet.EvalNetwork(genotype, num_classes, channels, num_cells, auxiliary=auxiliary,
+                             stem=network)
 
 
-def cells_to_draw(genotype: Genotype) -> list[tuple[str, Sequence, Sequence[int]]]:
-  """The normal and the reduction cell, each as its nodes' edges and concat."""
+def cells_to_draw(genotype: Genotype | genotype_lib.CellsGenotype
+                  ) -> list[tuple[str, Sequence, Sequence[int]]]:
+  """The cells to draw, each as its nodes' edges and concat: the normal and
+  the reduction cell, or every layer's cell."""
+  if isinstance(genotype, genotype_lib.CellsGenotype):
+    return [(f"cell {i}", genotype.nodes(f"cell{i}"), genotype.concat)
+            for i in range(len(genotype.cells))]
   return [(f"{t} cell", genotype.nodes(t), genotype.concat(t)) for t in ("normal", "reduce")]

@@ -82,6 +82,10 @@ def validate(config: ml_collections.ConfigDict, error: type = config_checks.Conf
                 f"(its release searches without it); use 1")
   if config.get("progressive", {}).get("enabled", False):
     raise error("progressive.enabled is not available on NAS-Bench-201; use False")
+  if config.get("arch_sharing", "cell_type") != "cell_type":
+    raise error(f"arch_sharing={config.arch_sharing!r} is not available on NAS-Bench-201, "
+                f"whose cells share one architecture as its release searches them; use "
+                f"'cell_type'")
 
 
 def image_size_error(image_shape: tuple[int, ...], num_cells: int) -> str | None:
@@ -418,9 +422,12 @@ class TinyNetwork(nn.Module):
 
 
 def eval_network(genotype: Genotype, num_classes: int, channels: int, num_cells: int,
-                 auxiliary: bool) -> TinyNetwork:
+                 auxiliary: bool, network: str = "cifar") -> TinyNetwork:
   """``TinyNetwork`` (NAS-Bench-201 has no auxiliary head: ``auxiliary`` is ignored)."""
   del auxiliary
+  if network != "cifar":
+    raise ValueError(f"network {network!r} is not available for NAS-Bench-201 genotypes, "
+                     f"whose only evaluation network is its TinyNetwork; use 'cifar'")
   return TinyNetwork(genotype, num_classes, channels, num_cells)
 
 
