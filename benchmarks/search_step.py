@@ -13,10 +13,15 @@ op set, 8 cells, C = 16, batch 96) on synthetic 32x32 data, for
 * XNAS with the amended hypergradient (Bi et al.);
 * XNAS in bfloat16 compute mode;
 * K seeds vmapped into one program (``num_seeds = K``; images/s counts all K);
-* with ``--vs-torch``, the same two searches in PyTorch on the same network
+* NAS-Bench-201's supernet (``nb201_darts``: first-order DARTS, Adam on the
+  architecture; ``nb201_xnas``: XNAS), at C = 16 and N = 5 cells per stage;
+* with ``--vs-torch``, the same searches in PyTorch on the same network
   (``benchmarks/torch_search.py``: ``torch_darts``, DARTS's first-order step
-  with the DARTS op set; ``torch_xnas``, XNAS's step with per-example rewards),
-  and the JAX/PyTorch speed ratios of the pairs measured in this run.
+  with the DARTS op set; ``torch_xnas``, XNAS's step with per-example rewards;
+  ``benchmarks/torch_nb201.py``: ``torch_nb201``, the NAS-Bench-201 release's
+  ``TinyNetworkDarts`` with darts-pt's first-order step, the twin of both
+  NAS-Bench-201 rows), and the JAX/PyTorch speed ratios of the pairs measured
+  in this run.
 
 Each row runs in its own process (so that compilation caches and the memory
 high-water mark start fresh): it times ``--steps`` search steps after one
@@ -35,6 +40,7 @@ at this batch size), the unit the papers report (XNAS: 8.5 min on a GTX
   python benchmarks/search_step.py --batch 8 --steps 2     # a CPU-sized run
   python benchmarks/search_step.py --json /tmp/search_step.json
   python benchmarks/search_step.py --batch 4 --steps 3 --rows xnas darts --vs-torch
+  python benchmarks/search_step.py --batch 16 --steps 5 --rows nb201_darts nb201_xnas --vs-torch
 """
 from __future__ import annotations
 
@@ -47,8 +53,9 @@ import peak_memory
 import timing
 
 ROWS = ("xnas", "xnas_half_wiped", "darts", "gdas", "xnas_pc4", "darts_pc4", "xnas_amended",
-        "xnas_bfloat16", "xnas_seeds")
-TORCH_ROWS = {"darts": "torch_darts", "xnas": "torch_xnas"}  # JAX row -> its PyTorch twin
+        "xnas_bfloat16", "xnas_seeds", "nb201_darts", "nb201_xnas")
+TORCH_ROWS = {"darts": "torch_darts", "xnas": "torch_xnas",  # JAX row -> its PyTorch twin
+              "nb201_darts": "torch_nb201", "nb201_xnas": "torch_nb201"}
 CIFAR_SEARCH_IMAGES = 25_000
 
 
@@ -60,7 +67,11 @@ def config_for(row: str, args):
   c.augment.pad, c.augment.flip = 4, True
   if args.channels:
     c.channels = args.channels
-  if row in ("darts", "torch_darts", "darts_pc4"):
+  if row.startswith(("nb201", "torch_nb201")):
+    c.space, c.op_set, c.num_cells = "nb201", "nb201", 5  # N = 5 cells per stage
+    if row in ("nb201_darts", "torch_nb201"):
+      c.arch_optimizer.name = "darts_adam"
+  elif row in ("darts", "torch_darts", "darts_pc4"):
     c.arch_optimizer.name, c.op_set = "darts_adam", "darts"  # DARTS's 8 ops, concat output
   elif row == "gdas":
     c.arch_optimizer.name = "gdas"
@@ -161,26 +172,30 @@ def measure(row: str, args) -> dict:
 
 
 def measure_torch(row: str, args) -> dict:
-  """The PyTorch twin of a row: same network, weights, batch and config."""
+  """The PyTorch twin of a row: same network, batch and config (and, for the
+  DARTS space, the same weights)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   import torch_search  # pylint: disable=import-outside-toplevel
   from xnas_jax import input_pipeline, search_setup  # pylint: disable=import-outside-toplevel
-  from xnas_jax.search_space import get_search_space  # pylint: disable=import-outside-toplevel
-  CELL_TYPES = get_search_space().cell_types  # the DARTS cell's
   config = config_for(row, args)
   search = search_setup.build_search(config)
   b = config.batch_size
-  x0 = jax.numpy.zeros((b,) + search.data.image_shape)
-  net = torch_search.Network(search.net, search.data.image_shape[-1])
-  net.load_jax(search.net.init(jax.random.key(config.seed), x0)).train()
-  masks = {t: torch.from_numpy(np.array(m)) for t, m in search.net.default_masks().items()}
-  if row == "torch_darts":
-    runner = torch_search.DartsSearch(net, masks)
+  if row == "torch_nb201":
+    import torch_nb201  # pylint: disable=import-outside-toplevel
+    torch.manual_seed(config.seed)
+    runner = torch_nb201.DartsSearch(torch_nb201.TinyNetworkDarts(
+        config.channels, config.num_cells, search.data.num_classes,
+        search.data.image_shape[-1]).train())
   else:
-    runner = torch_search.XnasSearch(net, masks, search.arch_opt.learning_rates, search.arch_opt.horizons,
-                                     config.arch_optimizer.grad_bound)
+    x0 = jax.numpy.zeros((b,) + search.data.image_shape)
+    net = torch_search.Network(search.net, search.data.image_shape[-1])
+    net.load_jax(search.net.init(jax.random.key(config.seed), x0)).train()
+    masks = {t: torch.from_numpy(np.array(m)) for t, m in search.net.default_masks().items()}
+    runner = (torch_search.DartsSearch(net, masks) if row == "torch_darts" else
+              torch_search.XnasSearch(net, masks, search.arch_opt.learning_rates,
+                                      search.arch_opt.horizons, config.arch_optimizer.grad_bound))
   d = search.data
 
   def batch(split, i):
@@ -220,7 +235,7 @@ def main():
     return
   rows = list(args.rows)
   if args.vs_torch:
-    rows += [TORCH_ROWS[r] for r in args.rows if r in TORCH_ROWS]
+    rows += list(dict.fromkeys(TORCH_ROWS[r] for r in args.rows if r in TORCH_ROWS))
   results = []
   for row in rows:
     cmd = [sys.executable, __file__, "--one", row, "--batch", str(args.batch), "--steps",

@@ -31,7 +31,7 @@ def test_op_sets():
 
 def test_s1_has_two_ops_per_edge():
   space = ss.get_search_space("s1")
-  for t in ss.CELL_TYPES:
+  for t in space.cell_types:
     mask = space.available_mask(t)
     assert mask.shape == (14, space.num_ops)
     np.testing.assert_array_equal(mask.sum(axis=1), 2)

@@ -51,7 +51,7 @@ from xnas_jax.search_space import SearchSpace
 from xnas_jax.search_space import reduction_layers
 
 # The DARTS evaluation cell: two inputs, four concatenated nodes.
-_INPUTS, _NODES = Genotype.num_inputs, 4
+_INPUTS, _NODES = Genotype.num_inputs, Genotype.num_nodes
 
 METRICS = ("none", "flops", "params")
 RULES = (("budget.target", "nonnegative"), ("budget.weight", "nonnegative"),

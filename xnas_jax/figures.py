@@ -39,7 +39,7 @@ OP_COLORS = {
     "none": "#9e9e9e", "max_pool_3x3": "#1f77b4", "avg_pool_3x3": "#17becf",
     "skip_connect": "#2ca02c", "sep_conv_3x3": "#d62728", "sep_conv_5x5": "#ff7f0e",
     "dil_conv_3x3": "#9467bd", "dil_conv_5x5": "#8c564b", "noise": "#e377c2",
-    "nor_conv_1x1": "#bcbd22", "nor_conv_3x3": "#d62728",
+    "nor_conv_1x1": "#bcbd22", "nor_conv_3x3": "#393b79",
 }
 _OTHER = "#444444"
 _DX, _DY = 4.8, 2.2  # spacing of the depth levels, and of the states within a level

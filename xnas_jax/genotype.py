@@ -31,6 +31,7 @@ class Genotype:
   reduce: tuple[Edge, ...]
   reduce_concat: tuple[int, ...]
   num_inputs: ClassVar[int] = 2  # the two previous cells' outputs
+  num_nodes: ClassVar[int] = 4  # the DARTS cell's intermediate nodes
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2)
@@ -76,12 +77,6 @@ class Genotype:
     per_node = max(len(edges) // max(self.num_nodes, 1), 1)
     return tuple(edges[k:k + per_node] for k in range(0, len(edges), per_node))
 
-  @property
-  def num_nodes(self) -> int:
-    """The intermediate nodes: the states after the two cell inputs."""
-    last = max(max(self.normal_concat, default=1), max(self.reduce_concat, default=1))
-    return last + 1 - self.num_inputs
-
   def kept_edges(self, cell_type: str) -> dict[tuple[int, int], str]:
     """``(src, dst) -> op`` of a cell type's edges."""
     return {(src, self.num_inputs + j): op for j, node in enumerate(self.nodes(cell_type))
@@ -100,6 +95,7 @@ class CellsGenotype:
   cells: tuple[tuple[Edge, ...], ...]
   concat: tuple[int, ...] = (2, 3, 4, 5)
   num_inputs: ClassVar[int] = 2
+  num_nodes: ClassVar[int] = 4
 
   def to_dict(self) -> dict[str, Any]:
     return {"cells": [[list(e) for e in cell] for cell in self.cells],
@@ -118,10 +114,6 @@ class CellsGenotype:
     if not cells:
       raise ValueError("not a genotype of one cell per layer: 'cells' is empty")
     return cls(cells, concat)
-
-  @property
-  def num_nodes(self) -> int:
-    return max(self.concat) + 1 - self.num_inputs
 
   def layer(self, i: int) -> tuple[tuple[Edge, ...], tuple[int, ...]]:
     """Cell ``i``'s edges and concat."""
