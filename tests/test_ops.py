@@ -220,3 +220,20 @@ def test_dot_channels_matches_numpy_in_value_both_gradients_and_forward_mode():
   np.testing.assert_allclose(conv.apply(v, x), np.einsum(
       "bhwi,io->bhwo", xn[:, ::2, ::2], np.asarray(v["params"]["kernel"][0, 0], np.float64)),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_dots_equals_xlas_convolution(stride):
+  """``ops.conv_dots`` (one matrix product per kernel tap, the CPU's dense
+  k x k convolution) against ``lax.conv_general_dilated``: values and the
+  gradients w.r.t. input and kernel, on an odd size at stride 2."""
+  from jax import lax  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = lambda x, w: ops.conv_dots(x, w, stride, 1)
+  np.testing.assert_allclose(got(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for a, b in zip(jax.grad(loss(got), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -155,6 +155,55 @@ class Pointwise(nn.Module):
     return y
 
 
+# How a dense k x k convolution (C_in -> C_out, NAS-Bench-201's nor_conv_3x3
+# and residual blocks) is computed, per backend: "dots" (k*k shifted slices
+# of the padded input, each a matrix product with one kernel tap over
+# ``[N, C]``, summed; ``conv_dots``) or "xla" (``lax.conv_general_dilated``).
+# Inside the supernet's ``lax.scan`` over edges XLA:CPU runs its convolution
+# several times slower than the dots (benchmarks/dense_conv.py).
+DENSE_CONV_AUTO = {"cpu": "dots"}
+
+
+def conv_dots(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+  """``y[b, i, j, o] = sum_{p, q, c} x_pad[b, s i + p, s j + q, c] w[p, q, c, o]``
+  as one matrix product per kernel tap (``dot_channels``), summed."""
+  kh, kw, _, c_out = kernel.shape
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  ho = (xp.shape[1] - kh) // stride + 1
+  wo = (xp.shape[2] - kw) // stride + 1
+  y = None
+  for p in range(kh):
+    for q in range(kw):
+      tap = xp[:, p:p + stride * (ho - 1) + 1:stride, q:q + stride * (wo - 1) + 1:stride, :]
+      term = dot_channels(tap, kernel[p, q])
+      y = term if y is None else y + term
+  return y.reshape(x.shape[0], ho, wo, c_out)
+
+
+class DenseConv(nn.Module):
+  """A k x k convolution with ``nn.Conv``'s variables (``kernel``, ``bias``),
+  computed as ``DENSE_CONV_AUTO`` chooses for the backend."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, p = self.kernel_size, (self.kernel_size - 1) // 2
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features), jnp.float32).astype(x.dtype)
+    if DENSE_CONV_AUTO.get(jax.default_backend()) == "dots":
+      y = conv_dots(x, kernel, self.stride, p)
+    else:
+      y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, ((p, p), (p, p)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                         jnp.float32).astype(y.dtype)
+    return y
+
+
 class ReLUConvBN(nn.Module):
   """ReLU -> Conv(k x k, stride) -> BN.
 
@@ -169,13 +218,12 @@ class ReLUConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    p = (self.kernel_size - 1) // 2
     x = nn.relu(x)
     if self.kernel_size == 1:
       x = Pointwise(self.features, self.stride, self.use_bias, name="Conv_0")(x)
     else:
-      x = nn.Conv(self.features, (self.kernel_size,) * 2, (self.stride,) * 2,
-                  padding=((p, p), (p, p)), use_bias=self.use_bias)(x)
+      x = DenseConv(self.features, self.kernel_size, self.stride, self.use_bias,
+                    name="Conv_0")(x)
     return batch_norm(self.affine, train)(x)
 
 
