@@ -28,7 +28,7 @@ def test_mesh_and_batch_errors_name_the_bad_value():
 def test_eight_devices_give_the_same_search_as_one(tmp_path):
   """One XNAS search step (limit 48: one step per epoch) on 8 devices and on 1.
 
-  One step, because the search is chaotic (shared/FINDINGS.md): a second XNAS
+  One step, because the search is chaotic (docs/guide/scale.md): a second XNAS
   step already amplifies the float summation-order differences of the first
   (3e-6 in the log-weights) to 1e-2 on one device count against the other,
   and a third to 0.3, with the same data, masks and losses to 1e-7; which

@@ -53,7 +53,9 @@ def mean_weights(arch: ArchParams, masks: dict[str, jax.Array]) -> dict[str, jax
 
 
 def dirichlet_kl(alpha: jax.Array, prior: jax.Array) -> jax.Array:
-  """``KL(Dir(alpha) || Dir(prior))`` over the last axis::
+  """``KL(Dir(alpha) || Dir(prior))`` over the last axis:
+
+  ::
 
       ln G(a0) - sum ln G(a_i) - ln G(p0) + sum ln G(p_i)
         + sum (a_i - p_i) (psi(a_i) - psi(a0)).

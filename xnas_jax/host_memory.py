@@ -3,15 +3,14 @@
 XLA:CPU's compilation of a step program allocates hundreds of MiB on the C
 heap and frees it when done. glibc keeps the freed pages in the process, so
 the compiled program's first run, which maps its own buffers, stacks them on
-top. For the evaluation network (C = 36, 20 cells, batch 32), the peak
-resident set was 6083 MiB, against PyTorch's 4160 MiB
-(``benchmarks/evalnet_step.py``; README).
+top: the process's peak resident set is then the compiler's heap plus the
+program's (``benchmarks/evalnet_step.py --keep-heap`` shows the difference).
 
 ``install()`` adds a listener to JAX's backend-compile event
 (``jax.monitoring``, as ``compile_counter`` does). After every compilation
 that took at least ``MIN_SECONDS``, it calls glibc's ``malloc_trim(0)``. That
-runs between the compilation and the program's first run; handing back 800
-MiB of freed small blocks took 55 ms here. Where there is no ``malloc_trim``
+runs between the compilation and the program's first run, and takes far less
+time than the compilation it follows. Where there is no ``malloc_trim``
 (macOS, musl), it does nothing.
 """
 from __future__ import annotations

@@ -39,7 +39,7 @@ def normalize_batch(x: jax.Array, axes: tuple[int, ...], epsilon: float):
   per-channel means (of ``g`` and ``x_hat g``) and one elementwise pass,
   with ``x_hat`` and ``r`` as residuals.  Automatic differentiation of the
   forward instead differentiates through ``E[x^2] - E[x]^2`` and ``rsqrt``:
-  more reductions and more residuals (one search cell: README).  Being
+  more reductions and more residuals (``benchmarks/cell_step.py``).  Being
   a ``custom_jvp``, it has forward-mode and higher derivatives (the
   second-order hypergradients differentiate it twice).
   """
@@ -71,11 +71,11 @@ class BatchNorm(nn.Module):
   (same variables: ``batch_stats/{mean,var}``, ``params/{scale,bias}``; same
   running-average update, statistics in float32 at least).  Without scale
   and bias (the search network's) it trains through ``normalize_batch``'s
-  written-out derivative (0.90-1.0x a search cell's gradient programs);
-  with them (the evaluation network's) through Flax's formula and automatic
-  derivative, as before: ``normalize_batch`` followed by the affine map was
-  not faster there (1.04x the 8-cell evaluation network's step, in an A/B
-  whose noise is a few percent).  The output keeps the input's dtype, so
+  written-out derivative, which makes a search cell's gradient programs
+  faster; with them (the evaluation network's) through Flax's formula and
+  automatic derivative, since ``normalize_batch`` followed by the affine map
+  was not faster there (``benchmarks/cell_step.py``,
+  ``benchmarks/evalnet_step.py``).  The output keeps the input's dtype, so
   that a bfloat16 network stays bfloat16 after every BN."""
   use_running_average: bool = False
   momentum: float = _BN_MOMENTUM
@@ -120,9 +120,8 @@ def dot_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
   are; contracted over the three axes ``(b, h, w)`` it canonicalizes the dot
   by transposing ``x`` to ``[C_in, N]``, and fuses that transpose with the
   producer of ``x`` (the depthwise convolution, batch norm and ReLU before
-  it), recomputed with strided writes: 3-7 ms per convolution in the
-  evaluation network at batch 32 (``benchmarks/step_profile.py --evalnet``,
-  README).
+  it), recomputed with strided writes (``benchmarks/step_profile.py
+  --evalnet`` shows them).
   """
   y = lax.dot_general(x.reshape(-1, x.shape[-1]), kernel, (((1,), (0,)), ((), ())))
   return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
@@ -234,12 +233,10 @@ class ReLUConvBN(nn.Module):
 #   "dense":   a plain conv with the block-diagonal kernel eye(C) * w;
 #   "auto":    the measured choice for the backend (``DEPTHWISE_AUTO``).
 DEPTHWISE_IMPLS = ("auto", "shifted", "grouped", "dense")
-# benchmarks/depthwise_conv.py, XLA:CPU, forward + backward at the CIFAR-10
-# supernet's shapes, as a fraction of the grouped conv's time: 3x3 kernels
-# dense 0.12-0.65 (shifted 0.27-0.68), 5x5 kernels shifted 0.07-0.19 (dense
-# 0.18-0.72) when each runs on its own.  Inside the supernet's lax.scan over
-# edges XLA:CPU's convolutions slow down several-fold (14 edges of 3x3: dense
-# 102 ms, shifted 5 ms, unrolled dense 22 ms), so the shifted form is the CPU
+# On XLA:CPU the grouped convolution is the slowest of the three at the
+# supernet's shapes (benchmarks/depthwise_conv.py), and inside the supernet's
+# lax.scan over edges its convolutions slow down several-fold, where the
+# shifted form's elementwise work does not: the shifted form is the CPU's
 # choice for every kernel size.  GPU and TPU keep the grouped conv until
 # measured there.
 DEPTHWISE_AUTO = {"cpu": {3: "shifted", 5: "shifted"}}

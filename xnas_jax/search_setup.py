@@ -115,9 +115,8 @@ def depthwise_impl(config: ml_collections.ConfigDict) -> str:
   """``config.depthwise_impl``, where "auto" keeps XLA's grouped convolution
   for the second-order hypergradients: their programs take a jvp of the
   supernet's gradient, which the shifted form's ``custom_vjp``
-  (``shifted_ops``) does not have (and its k*k slices, differentiated twice,
-  took XLA:CPU over 20 minutes and 11 GB to compile on the tests' tiny
-  supernet, against about two minutes with grouped convolutions)."""
+  (``shifted_ops``) does not have, and its k*k slices, differentiated twice,
+  take XLA:CPU many times longer to compile than grouped convolutions."""
   if config.depthwise_impl == "auto" and config.arch_gradient in hypergrad.CORRECTIONS:
     return "grouped"
   return config.depthwise_impl
@@ -127,10 +126,9 @@ ARCH_GRADS_PROGRAMS = ("auto", "shared", "separate")
 # A first-order architecture step that differentiates the mixture weights only
 # skips the weights' gradients (the depthwise kernels' reductions, the 1x1
 # convolutions' kernel products), and a weight step that differentiates the
-# weights only skips the per-example rewards: at the CIFAR-10 search shape,
-# batch 16, the XNAS step takes 3.0 s instead of 3.7 s on 2 CPU cores, for
-# 24 s more compilation, repaid after about 40 steps; on the digits search
-# (110 steps of a network ~15x cheaper) it would not be.
+# weights only skips the per-example rewards.  The second program costs one
+# more compilation, which a CIFAR-10-sized search repays within tens of steps
+# and a digits-sized one does not (benchmarks/search_step.py, compile_time.py).
 STEP_PROGRAMS_MIN_STEPS = 1000
 
 
@@ -159,7 +157,7 @@ def weight_optimizer(cfg: ml_collections.ConfigDict,
 def remat_edges(config: ml_collections.ConfigDict) -> bool:
   """Whether the supernet's edge scans recompute their forward in the
   backward pass (``SearchCell.remat``): yes for first-order searches, where it
-  halves the step on a CPU; no for the second-order hypergradients, whose
+  makes the step faster on a CPU; no for the second-order hypergradients, whose
   twice-differentiated programs were measured and tested without it (their
   compile time and memory with it are not measured yet)."""
   return config.arch_gradient not in hypergrad.CORRECTIONS

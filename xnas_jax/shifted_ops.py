@@ -100,7 +100,7 @@ def _conv_bwd(stride, dilation, padding, res, g):
   # in one variadic reduction (one pass over x and g instead of k*k) over the
   # image axes, then over the batch.  Keeping the batch axis in the variadic
   # reduction's output probably lets XLA:CPU split it over its threads (reduced
-  # to [C] at once it was 1.1-3.9x slower: benchmarks/depthwise_kernel_grad.py).
+  # to [C] at once it was slower: benchmarks/depthwise_kernel_grad.py).
   acc = jnp.promote_types(g.dtype, jnp.float32)
   prods = tuple(tap.astype(acc) * g.astype(acc)
                 for tap in _taps(_pad(x, padding), k, s, d, ho, wo))

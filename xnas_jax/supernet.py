@@ -12,7 +12,7 @@ differentiates through that map, or w.r.t. ``u`` itself (XNAS's reward
 ``R_i = -dloss/du_i``).
 
 Compile time.  XLA's compile time grows faster than linearly with the size of
-the graph it sees (``shared/FINDINGS.md``), so every cell runs its edges with
+the graph it sees (``benchmarks/compile_time.py``), so every cell runs its edges with
 ``lax.scan``: the mixed operation of an edge is traced once per cell (and per
 stride), not once per edge.  Normal cells scan all their edges; reduction cells
 scan the strided edges leaving the cell inputs, then the edges between nodes.
@@ -366,12 +366,8 @@ class SearchCell:
     # was the whole carry (all four nodes); around the edge it is the edge's
     # input only, and nothing in a scan whose edges all leave the cell inputs
     # (a reduction cell's strided edges: the inputs are loop-invariant and
-    # selected inside).  At 32x32, C = 16, batch 16
-    # (benchmarks/cell_step.py, two runs at each commit): a normal cell's
-    # gradient programs take 0.95x the time (524 / 505 against 554 / 527 ms
-    # with the weights' gradient, 357 / 356 against 395 / 372 without), a
-    # reduction cell's 0.9x, at the same compile time, and a normal cell keeps
-    # a quarter of the residual bytes.
+    # selected inside).  It is faster at the same compile time, and a normal
+    # cell keeps a quarter of the residual bytes (benchmarks/cell_step.py).
     step = jax.checkpoint(edge) if self.remat else edge
 
     def body(nodes, xs):
