@@ -84,19 +84,23 @@ def measure_torch(args) -> dict:
   net = torch_evalnet.NetworkCIFAR(run.net, x0.shape[-1], x0.shape[1]).load_jax(variables)
   net.train()
   net.drop_prob = run.config.drop_path_prob * 300 / run.config.epochs
+  device = args.torch_device
   step = torch_evalnet.TrainStep(net, aux_weight=run.config.aux_weight,
-                                 grad_clip=run.config.grad_clip)
+                                 grad_clip=run.config.grad_clip, device=device)
 
   def batch(i):
     idx = input_pipeline.epoch_batches(jax.random.key(1), len(run.train), args.batch, 0)[i]
     x = input_pipeline.standardize(run.train.images[idx], run.mean, run.std)
-    return (torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()),
-            torch.from_numpy(np.array(run.train.labels[idx])).long())
+    return (torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()).to(device),
+            torch.from_numpy(np.array(run.train.labels[idx])).long().to(device))
 
   batches = [batch(i) for i in range(args.steps + 1)]
-  first, step_s, loss = timing.warm_then_time(lambda i: step.step(*batches[i]), args.steps)
-  return {"row": "torch", "device": f"torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads", "step_s": step_s, "first_step_s": first,
+  first, step_s, loss = timing.warm_then_time(lambda i: step.step(*batches[i]), args.steps,
+                                              timing.torch_sync(device))
+  where = (torch.cuda.get_device_name() if device.startswith("cuda")
+           else f"{torch.get_num_threads()} threads")
+  return {"row": "torch", "device": f"torch {torch.__version__}, {where}", "step_s": step_s,
+          "first_step_s": first,
           "finite": bool(np.isfinite(float(loss)))}
 
 
@@ -107,6 +111,7 @@ def main():
   ap.add_argument("--channels", type=int, default=36)
   ap.add_argument("--cells", type=int, default=20)
   ap.add_argument("--genotype", default="darts_v2")
+  ap.add_argument("--torch-device", default="cpu", help="the PyTorch row's device (cuda)")
   ap.add_argument("--keep-heap", action="store_true",
                   help="JAX row: without host_memory's trim after each compilation")
   ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one row

@@ -83,6 +83,8 @@ def config_for(row: str, args):
     c.num_seeds = args.seeds
   if row in ("xnas_pc4", "darts_pc4"):
     c.partial_channels = 4  # PC-DARTS's K on CIFAR-10, with edge normalization
+  if getattr(args, "cells", 0):
+    c.num_cells = args.cells
   return c
 
 
@@ -182,36 +184,47 @@ def measure_torch(row: str, args) -> dict:
   config = config_for(row, args)
   search = search_setup.build_search(config)
   b = config.batch_size
+  device = args.torch_device
   if row == "torch_nb201":
     import torch_nb201  # pylint: disable=import-outside-toplevel
     torch.manual_seed(config.seed)
     runner = torch_nb201.DartsSearch(torch_nb201.TinyNetworkDarts(
         config.channels, config.num_cells, search.data.num_classes,
-        search.data.image_shape[-1]).train())
+        search.data.image_shape[-1]).train(), device=device)
   else:
     x0 = jax.numpy.zeros((b,) + search.data.image_shape)
     net = torch_search.Network(search.net, search.data.image_shape[-1])
     net.load_jax(search.net.init(jax.random.key(config.seed), x0)).train()
     masks = {t: torch.from_numpy(np.array(m)) for t, m in search.net.default_masks().items()}
-    runner = (torch_search.DartsSearch(net, masks) if row == "torch_darts" else
+    runner = (torch_search.DartsSearch(net, masks, device=device) if row == "torch_darts" else
               torch_search.XnasSearch(net, masks, search.arch_opt.learning_rates,
-                                      search.arch_opt.horizons, config.arch_optimizer.grad_bound))
+                                      search.arch_opt.horizons, config.arch_optimizer.grad_bound,
+                                      device=device))
   d = search.data
 
   def batch(split, i):
     idx = input_pipeline.epoch_batches(jax.random.key(i), len(split), b, 0)[0]
     x = input_pipeline.standardize(split.images[idx], d.mean, d.std)
-    return (torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()),
-            torch.from_numpy(np.array(split.labels[idx])).long())
+    return (torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()).to(device),
+            torch.from_numpy(np.array(split.labels[idx])).long().to(device))
 
   batches = [batch(d.train, i) + batch(d.val, i + 100) for i in range(args.steps + 1)]
-  first, step_s, loss = timing.warm_then_time(lambda i: runner.step(*batches[i]), args.steps)
-  peak, steady = peak_memory.process_peak_bytes(), peak_memory.steady_peak_bytes()
-  return {"row": row, "platform": "torch-cpu", "device": f"torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", "batch": b, "seeds": 1,
+  cuda = device.startswith("cuda")
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
+  first, step_s, loss = timing.warm_then_time(lambda i: runner.step(*batches[i]), args.steps,
+                                              timing.torch_sync(device))
+  if cuda:
+    peak = steady = torch.cuda.max_memory_allocated()
+  else:
+    peak, steady = peak_memory.process_peak_bytes(), peak_memory.steady_peak_bytes()
+  where = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} threads"
+  return {"row": row, "platform": "torch-cuda" if cuda else "torch-cpu",
+          "device": f"torch {torch.__version__}, {where}", "batch": b, "seeds": 1,
           "channels": config.channels, "step_s": step_s, "images_per_s": b / step_s,
           "min_per_cifar_epoch": CIFAR_SEARCH_IMAGES / b * step_s / 60, "peak_bytes": int(peak),
-          "peak_kind": "host RSS", "first_step_s": first, "steady_peak_bytes": steady,
+          "peak_kind": "device" if cuda else "host RSS", "first_step_s": first,
+          "steady_peak_bytes": steady,
           "finite": bool(np.isfinite(float(loss)))}
 
 
@@ -219,11 +232,14 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=96)
   ap.add_argument("--channels", type=int, default=0, help="override C (default 16)")
+  ap.add_argument("--cells", type=int, default=0,
+                  help="override the cells (default 8; NAS-Bench-201: 5 per stage)")
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--seeds", type=int, default=2, help="K of the vmapped-seeds row")
   ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
   ap.add_argument("--vs-torch", action="store_true",
                   help="also time the PyTorch twins of the xnas and darts rows")
+  ap.add_argument("--torch-device", default="cpu", help="the PyTorch rows' device (cuda)")
   ap.add_argument("--json", default="")
   ap.add_argument("--keep-heap", action="store_true",
                   help="JAX rows: without host_memory's trim after each compilation")
@@ -239,8 +255,10 @@ def main():
   results = []
   for row in rows:
     cmd = [sys.executable, __file__, "--one", row, "--batch", str(args.batch), "--steps",
-           str(args.steps), "--seeds", str(args.seeds), "--channels", str(args.channels)]
+           str(args.steps), "--seeds", str(args.seeds), "--channels", str(args.channels),
+           "--cells", str(args.cells)]
     cmd += ["--keep-heap"] if args.keep_heap else []
+    cmd += ["--torch-device", args.torch_device]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
       print(f"{row}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)

@@ -98,7 +98,7 @@ def _search_step(args):
   """One step of a ``search_step.py`` row, as ``step(i)``."""
   import search_step  # pylint: disable=import-outside-toplevel
   one_step, _, _ = search_step.step_function(args.row, argparse.Namespace(
-      batch=args.batch, channels=args.channels, seeds=1))
+      batch=args.batch, channels=args.channels, seeds=1, cells=args.search_cells))
   return one_step, f"{args.row}, batch {args.batch}"
 
 
@@ -121,6 +121,8 @@ def main():
   ap.add_argument("--channels", type=int, default=0)
   ap.add_argument("--cells", type=int, default=20, help="--evalnet: the network's cells")
   ap.add_argument("--genotype", default="darts_v2", help="--evalnet: the genotype trained")
+  ap.add_argument("--search-cells", type=int, default=0,
+                  help="a search row's cells (default: the row's own)")
   ap.add_argument("--top", type=int, default=0,
                   help="also list the N operations with the most self time")
   args = ap.parse_args()

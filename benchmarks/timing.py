@@ -12,6 +12,16 @@ from typing import Any, Callable
 import peak_memory
 
 
+def torch_sync(device: str) -> Callable[[Any], Any]:
+  """What waits for a PyTorch step on ``device`` (its CUDA stream on a GPU)."""
+  def sync(out):
+    if device.startswith("cuda"):
+      import torch  # pylint: disable=import-outside-toplevel
+      torch.cuda.synchronize()
+    return out
+  return sync
+
+
 def warm_then_time(step: Callable[[int], Any], steps: int,
                    sync: Callable[[Any], Any] = lambda out: out) -> tuple[float, float, Any]:
   """Runs ``step(0)``, then ``step(1) .. step(steps)``; ``sync`` waits for a

@@ -158,8 +158,8 @@ class TrainStep:
   """One step of DARTS's ``train.py``."""
 
   def __init__(self, net: NetworkCIFAR, lr=0.025, momentum=0.9, wd=3e-4, aux_weight=0.4,
-               grad_clip=5.0):
-    self.net, self.aux_weight, self.grad_clip = net, aux_weight, grad_clip
+               grad_clip=5.0, device="cpu"):
+    self.net, self.aux_weight, self.grad_clip = net.to(device), aux_weight, grad_clip
     self.opt = torch.optim.SGD(net.parameters(), lr, momentum=momentum, weight_decay=wd)
 
   def step(self, x, y):

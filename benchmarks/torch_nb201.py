@@ -105,8 +105,8 @@ class DartsSearch:
   architecture, then SGD(0.025, momentum 0.9, weight decay 3e-4) with
   clipping 5 on the weights."""
 
-  def __init__(self, net: TinyNetworkDarts):
-    self.net = net
+  def __init__(self, net: TinyNetworkDarts, device="cpu"):
+    self.net = net.to(device)
     self.arch_opt = torch.optim.Adam([net.arch], lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     self.opt = torch.optim.SGD(net.weights(), 0.025, momentum=0.9, weight_decay=3e-4)
 

@@ -262,10 +262,10 @@ class DartsSearch:
   """DARTS first order, as ``train_search.py`` runs it."""
 
   def __init__(self, net: Network, masks, lr=0.025, momentum=0.9, wd=3e-4,
-               arch_lr=3e-4, arch_wd=1e-3, seed=0):
+               arch_lr=3e-4, arch_wd=1e-3, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    self.net, self.masks = net, masks
-    self.alphas = {t: (1e-3 * torch.randn(m.shape, generator=g)).requires_grad_()
+    self.net, self.masks = net.to(device), {t: m.to(device) for t, m in masks.items()}
+    self.alphas = {t: (1e-3 * torch.randn(m.shape, generator=g)).to(device).requires_grad_()
                    for t, m in masks.items()}
     self.w_opt = torch.optim.SGD(net.parameters(), lr, momentum=momentum, weight_decay=wd)
     self.a_opt = torch.optim.Adam(list(self.alphas.values()), arch_lr, betas=(0.5, 0.999),
@@ -291,10 +291,10 @@ class XnasSearch:
   """XNAS Algorithm 1 with per-example, per-replica rewards clipped at ``L``."""
 
   def __init__(self, net: Network, masks, etas: dict[str, float], horizons: dict[str, int],
-               grad_bound=1.0, lr=0.025, momentum=0.9, wd=3e-4):
-    self.net, self.masks = net, {t: m.clone() for t, m in masks.items()}
+               grad_bound=1.0, lr=0.025, momentum=0.9, wd=3e-4, device="cpu"):
+    self.net, self.masks = net.to(device), {t: m.clone().to(device) for t, m in masks.items()}
     self.etas, self.horizons, self.bound = etas, horizons, grad_bound
-    self.log_w = {t: torch.zeros(m.shape) for t, m in masks.items()}
+    self.log_w = {t: torch.zeros(m.shape, device=device) for t, m in masks.items()}
     self.count = {t: 0 for t in CELL_TYPES}
     self.w_opt = torch.optim.SGD(net.parameters(), lr, momentum=momentum, weight_decay=wd)
 

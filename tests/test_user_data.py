@@ -134,3 +134,20 @@ def test_images_too_small_for_the_network_are_refused(tmp_path):
   with pytest.raises(train.ConfigError, match="images of 3x3 pixels are too small"):
     train.train_and_evaluate(tiny_config(dataset=f"npz:{path}", limit=0), str(tmp_path / "w"),
                              progress=False)
+
+
+def test_labels_that_leave_classes_empty_are_warned_in_one_line(tmp_path, capsys):
+  """Labels 100-109 make a 110-class problem with 100 empty classes: the data
+  load as they are, and one line on stderr says 10 classes are present of
+  110; labels 0..K-1 give no warning."""
+  path = tmp_path / "d.npz"
+  images = np.zeros((20, 4, 4), np.uint8)
+  np.savez(path, images=images, labels=np.arange(20) % 10 + 100)
+  _, _, num_classes = input_pipeline.load_npz(str(path))
+  err = capsys.readouterr().err.strip().splitlines()
+  assert num_classes == 110
+  assert len(err) == 1 and "take 10 values (100, 101" not in err[0]
+  assert "10 values (100..109)" in err[0] and "110 classes" in err[0]
+  np.savez(path, images=images, labels=np.arange(20) % 10)
+  assert input_pipeline.load_npz(str(path))[2] == 10
+  assert capsys.readouterr().err == ""

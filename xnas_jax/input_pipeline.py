@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Iterator
 
 import jax
@@ -119,7 +120,25 @@ def load_npz(path: str) -> tuple[Split, Split | None, int]:
       raise DataError(f"npz:{path}: test images are {test.images.shape[1:]}, "
                       f"training images {train.images.shape[1:]}")
   num_classes = int(max(train.labels.max(), -1 if test is None else test.labels.max())) + 1
+  warning = missing_classes_warning(f"npz:{path}", train.labels, num_classes)
+  if warning:
+    print(f"warning: {warning}", file=sys.stderr)
   return train, test, num_classes
+
+
+def missing_classes_warning(where: str, labels: np.ndarray, num_classes: int) -> str | None:
+  """One line when the labels leave classes of ``0..num_classes-1`` without
+  an example (labels 100-109 make a 110-class network with 100 empty
+  classes): the labels are used as they are, so the line says how many
+  classes are present against how many the network gets."""
+  present = np.unique(labels)
+  if len(present) == num_classes:
+    return None
+  shown = (f"{present[0]}..{present[-1]}" if len(present) > 6
+           else ", ".join(str(int(v)) for v in present))
+  return (f"{where}: the training labels take {len(present)} values ({shown}) but the network "
+          f"gets {num_classes} classes (0..{num_classes - 1}), {num_classes - len(present)} of "
+          f"them without an example; relabel them 0..{len(present) - 1} if that is not meant")
 
 
 def _read_class_folders(root: str, classes: list[str] | None = None) -> tuple[Split, list[str]]:

@@ -39,6 +39,7 @@ from xnas_jax import input_pipeline
 from xnas_jax import optim
 from xnas_jax import parallel
 from xnas_jax import spaces
+from xnas_jax import workdir_lock
 
 Genotype = Any  # a genotype of any space family (xnas_jax.spaces)
 
@@ -219,6 +220,16 @@ def test_accuracy(run: Retraining, fns: dict[str, Callable], state: PyTree,
 
 def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, workdir: str, *,
                        progress: bool = True) -> dict[str, Any]:
+  """Retrains ``genotype`` in ``workdir`` holding its lock (``workdir_lock``);
+  see ``_train_and_evaluate``."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir):
+    return _train_and_evaluate(config, genotype, workdir, progress=progress)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, workdir: str, *,
+                        progress: bool = True) -> dict[str, Any]:
   """Retrains ``genotype`` (or resumes in ``workdir``); returns the summary.
 
   Writes ``workdir/metrics.jsonl`` (one line per epoch), orbax checkpoints

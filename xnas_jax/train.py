@@ -38,6 +38,7 @@ from xnas_jax import search_setup
 from xnas_jax import search_steps
 from xnas_jax import seeds as seeds_lib
 from xnas_jax import selection
+from xnas_jax import workdir_lock
 
 PyTree = Any
 ConfigError = config_checks.ConfigError
@@ -117,6 +118,17 @@ class _Seeds:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) a search in ``workdir``, holding its lock
+  (``workdir_lock``: a second run in the same workdir is refused); see
+  ``_train_and_evaluate``."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir):
+    return _train_and_evaluate(config, workdir, progress=progress)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                        progress: bool = True) -> dict[str, Any]:
   """Runs (or resumes) a search in ``workdir``; returns the final summary.
 
   With ``config.num_seeds = K > 1`` it runs K independent searches (seeds
