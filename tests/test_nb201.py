@@ -152,10 +152,11 @@ def _run(config, tmp_path, name):
 
 def test_searches_select_and_retrain(tmp_path):
   """One tiny search per path through the loop: XNAS with its wipeout and a
-  rebuild (magnitude selection, a picture); DARTS's Adam with perturbation
+  rebuild on 2 devices (magnitude selection, a picture); DARTS's Adam with perturbation
   selection (operations only, none included); two seeds of GDAS as one
   vmapped search; then the found cell retrained in its TinyNetwork."""
-  c = tiny_config(space="nb201", op_set="nb201", num_cells=1, rebuild_wiped=True, figures=True)
+  c = tiny_config(space="nb201", op_set="nb201", num_cells=1, rebuild_wiped=True, figures=True,
+                  num_devices=2)
   c.arch_optimizer.zeta = 1e-3
   out = _run(c, tmp_path, "xnas")
   s = out["summary"]
