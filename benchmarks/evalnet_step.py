@@ -125,12 +125,13 @@ def main():
   results = {}
   for row in ("jax", "torch"):
     cmd = [sys.executable, __file__, "--one", row] + [
-        f"--{k}={v}" for k, v in vars(args).items() if k not in ("one", "keep_heap")]
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+        if k not in ("one", "keep_heap")]
     cmd += ["--keep-heap"] if args.keep_heap else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
       print(f"{row}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
-      return
+      sys.exit(1)
     results[row] = json.loads(proc.stdout.strip().splitlines()[-1])
   j, t = results["jax"], results["torch"]
   print(f"evaluation network {args.genotype}, C={args.channels}, {args.cells} cells, 32x32, "

@@ -252,7 +252,7 @@ def main():
   rows = list(args.rows)
   if args.vs_torch:
     rows += list(dict.fromkeys(TORCH_ROWS[r] for r in args.rows if r in TORCH_ROWS))
-  results = []
+  results, failed = [], []
   for row in rows:
     cmd = [sys.executable, __file__, "--one", row, "--batch", str(args.batch), "--steps",
            str(args.steps), "--seeds", str(args.seeds), "--channels", str(args.channels),
@@ -262,6 +262,7 @@ def main():
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
       print(f"{row}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+      failed.append(row)
       continue
     results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     if len(results) == 1:
@@ -292,6 +293,8 @@ def main():
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)
+  if failed:
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ of one cell per layer, and its evaluation network."""
 import json
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -48,7 +50,7 @@ def test_every_cell_is_one_replica_with_the_theorys_rate():
         math.sqrt(2 * math.log(2) / (d * c.epochs * c.arch_optimizer.grad_bound ** 2)))
 
 
-def test_search_writes_one_cell_per_layer_and_retrains_it(tmp_path):
+def test_search_writes_one_cell_per_layer_and_its_network_builds_each(tmp_path):
   out = train.train_and_evaluate(_s2(), str(tmp_path / "s"), progress=False)
   with open(tmp_path / "s" / "genotype.json") as f:
     written = json.load(f)
@@ -62,9 +64,17 @@ def test_search_writes_one_cell_per_layer_and_retrains_it(tmp_path):
 
   e = config_defaults.eval_config()
   e.channels, e.num_cells, e.epochs, e.batch_size, e.limit, e.num_devices = 4, 3, 1, 32, 96, 1
-  e.figures = False
-  result = retrain.train_and_evaluate(e, g, str(tmp_path / "r"), progress=False)
-  assert result["summary"]["genotype"] == g.to_dict()
+  run = retrain.build(e, g)  # each layer builds its own cell
+  k = jax.random.key(0)
+  params = jax.eval_shape(lambda: run.net.init({"params": k, "dropout": k},
+                                               jnp.zeros((2, 8, 8, 1)), True))["params"]
+  for i, cell in enumerate(g.cells):
+    # The edges with weights: its own separable convs, and in a reduction cell
+    # (cells 1 and 2 of 3) the factorized reduce of a skip from an input.
+    weighted = {int(k[4:]) for k in params[f"cell{i}"] if k.startswith("edge")}
+    want = {k for k, (op, src) in enumerate(cell)
+            if op == "sep_conv_3x3" or (op == "skip_connect" and i in (1, 2) and src < 2)}
+    assert weighted == want
   e.num_cells = 5
   with pytest.raises(retrain.ConfigError, match="one cell per layer for 3 layers; num_cells is 5"):
     retrain.build(e, g)
