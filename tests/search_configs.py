@@ -10,8 +10,8 @@ def tiny_config(**overrides):
   c.rebuild_wiped = False  # tests/test_rebuild.py covers rebuilds
   c.figures = False  # tests/test_figures.py draws them
   # The tiny searches are compile-bound: the grouped depthwise conv compiles
-  # in half the time of the CPU's default shifted form (10 s against 22 s for
-  # this supernet's gradient program).  The shifted form is tested in
+  # in about half the time of the CPU's default shifted form
+  # (benchmarks/compile_time.py).  The shifted form is tested in
   # tests/test_ops.py (against a NumPy loop) and, in the supernet,
   # tests/test_supernet.py and tests/test_torch_comparator.py.
   c.depthwise_impl = "grouped"
