@@ -23,6 +23,11 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
+def latest_epoch(mngr: ocp.CheckpointManager) -> int:
+  """The epoch of the newest finished checkpoint (0: none)."""
+  return int(mngr.latest_step() or 0)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
          meta: dict[str, Any] | None = None) -> None:
   """Saves ``state`` and ``meta`` as ``step`` and waits until it is on disk.

@@ -37,6 +37,9 @@ def run(argv: list[str] | None = None) -> None:
     _fail(str(e).splitlines()[0])
   except input_pipeline.DataNotPreparedError as e:
     _fail(str(e), status=2)
+  except train.Interrupted as e:  # SIGTERM or SIGINT: one line, the shell's status for it
+    print(f"xnas-search: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)
   except train.SearchDiverged as e:
     _fail(f"{e}; the last good checkpoint is in {os.path.join(_WORKDIR.value, 'checkpoints')}",
           status=1)

@@ -11,6 +11,7 @@ and ``workdir/genotype.json``; a re-run resumes bit-identically.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -31,6 +32,7 @@ from xnas_jax import events
 from xnas_jax import figures
 from xnas_jax import host_memory
 from xnas_jax import input_pipeline
+from xnas_jax import interrupts
 from xnas_jax import parallel
 from xnas_jax import progressive
 from xnas_jax import search_metrics
@@ -43,6 +45,17 @@ from xnas_jax import workdir_lock
 PyTree = Any
 ConfigError = config_checks.ConfigError
 SearchDiverged = search_metrics.SearchDiverged
+
+
+class Interrupted(Exception):
+  """A search stopped by SIGTERM or SIGINT at a step boundary
+  (``xnas_jax.interrupts``): ``signum``, and ``resume_epoch``, the epoch the
+  next run in the workdir starts from (0: from the beginning)."""
+
+  def __init__(self, signum: int, resume_epoch: int):
+    super().__init__(f"stopped by {interrupts.signal.Signals(signum).name}; the next run in this "
+                     f"workdir resumes from epoch {resume_epoch + 1}")
+    self.signum, self.resume_epoch = signum, resume_epoch
 
 # Keys that may differ when a search resumes: where the data lives, how many
 # devices share the batch and how depthwise convolutions are computed (float
@@ -165,8 +178,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   first_epoch = search_metrics.first_epoch_metrics(metrics_path, [c.seed for c in run.configs])
   writers = events.EventWriters(workdir, [c.seed for c in run.configs], config.tensorboard)
   bar = cli.progress(range(start_epoch, config.epochs), progress, "search")
+  stop = contextlib.ExitStack()
+  catcher = stop.enter_context(interrupts.catch())
   try:
     for epoch in bar:
+      catcher.check()
       # Time and compilations of this epoch's steps and metrics; not of the
       # previous checkpoint, whose first save on several devices compiles
       # orbax's per-device copies (once).
@@ -177,6 +193,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       for i in range(len(tr)):
         state, m = throttle(step(state, train_data, val_data, tr[i], va[i]))
         step_metrics.append(m)
+        catcher.check()  # a signal abandons the epoch; the next run repeats it
       state = dict(state, epoch=state["epoch"] + 1)
       summaries = _epoch_summaries(run, state, step_metrics, first_step, t0, compiled_before,
                                    first_epoch)
@@ -208,7 +225,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         s0 = summaries[0]
         bar.set_postfix(train_acc=f"{s0['train_acc']:.3f}", val_acc=f"{s0['val_acc']:.3f}",
                         H=f"{s0[f'entropy_{run.searches[0].net.space.cell_types[0]}']:.3f}")
+  except interrupts.Interrupted as e:
+    manager.wait_until_finished()  # the last checkpoint is whole before the message
+    raise Interrupted(e.signum, checkpointing.latest_epoch(manager)) from None
   finally:
+    stop.close()
     writers.close()
     manager.wait_until_finished()
     manager.close()

@@ -1,0 +1,63 @@
+"""SIGTERM and SIGINT as a clean stop at a step boundary.
+
+A cluster preempts a job with SIGTERM; a person stops one with Ctrl-C
+(SIGINT).  Killed in the middle of an asynchronous orbax save, the process
+would leave a temporary checkpoint behind.  ``catch()`` installs handlers
+that only record the signal; the loop calls ``check()`` after every step and
+between epochs, which raises ``Interrupted`` there.  The loop's ``finally``
+then waits for the checkpoint being written and closes the event files, so
+the workdir holds only finished checkpoints, and the run that follows
+resumes from the last one: the interrupted epoch is run again from its
+start, as the uninterrupted run ran it (data order and augmentation are
+functions of the seed, the epoch and the step).
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+  """A run stopped by a signal at a step boundary; ``signum`` names it."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+class Catcher:
+  """The signal received (None: none yet)."""
+
+  def __init__(self):
+    self.signum: int | None = None
+
+  def check(self) -> None:
+    """Raises ``Interrupted`` once a signal has arrived."""
+    if self.signum is not None:
+      raise Interrupted(self.signum)
+
+
+@contextlib.contextmanager
+def catch() -> Iterator[Catcher]:
+  """Records SIGTERM and SIGINT instead of dying of them, inside the block
+  (in the main thread only: elsewhere Python cannot install handlers, and
+  the block runs with the default behaviour)."""
+  catcher = Catcher()
+  if threading.current_thread() is not threading.main_thread():
+    yield catcher
+    return
+
+  def record(signum, frame):
+    del frame
+    catcher.signum = signum
+
+  previous = {s: signal.signal(s, record) for s in SIGNALS}
+  try:
+    yield catcher
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
