@@ -212,3 +212,20 @@ def test_bad_input_ends_in_one_line(tmp_path):
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], p.stderr
+
+
+def test_budget_cost_model_prices_a_one_hot_mixture_as_its_genotype():
+  """The expected cost of a mixture one-hot on a genotype's ops is that
+  genotype's TinyNetwork cost (every edge is kept in NAS-Bench-201), in
+  parameters and in multiply-adds; the parameter count is the network's own."""
+  from xnas_jax import budget  # pylint: disable=import-outside-toplevel
+  space = nb201.make_space()
+  g = nb201.Genotype.parse(ARCH)
+  chosen = [op for node in g.nodes for op, _ in node]
+  u = {"cell": np.eye(space.num_ops)[[space.ops.index(op) for op in chosen]]}
+  for metric in ("params", "flops"):
+    fixed, per_edge = nb201.edge_costs(space, metric, (32, 32, 3), 10, 16, 5)
+    costs = budget.EdgeCosts(metric, fixed, per_edge, 1.0, 1.0)
+    want = budget.genotype_cost(g, metric, (32, 32, 3), 10, 16, 5)
+    assert float(budget.expected_cost(costs, u)) == pytest.approx(want, rel=1e-6)  # float32
+  assert round(budget.genotype_cost(g, "params", (32, 32, 3), 10, 16, 5) * 1e6) == 802426
