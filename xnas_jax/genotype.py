@@ -72,19 +72,25 @@ class Genotype:
     return self.normal_concat if cell_type == "normal" else self.reduce_concat
 
   def nodes(self, cell_type: str) -> tuple[tuple[Edge, ...], ...]:
-    """Per node, its ``(op, src)`` edges (the same number for every node)."""
-    edges = self.edges(cell_type)
-    per_node = max(len(edges) // max(self.num_nodes, 1), 1)
-    return tuple(edges[k:k + per_node] for k in range(0, len(edges), per_node))
+    return _nodes(self.edges(cell_type), self.num_nodes)
 
   def kept_edges(self, cell_type: str) -> dict[tuple[int, int], str]:
-    """``(src, dst) -> op`` of a cell type's edges."""
-    return {(src, self.num_inputs + j): op for j, node in enumerate(self.nodes(cell_type))
-            for op, src in node}
+    return _kept_edges(self.nodes(cell_type), self.num_inputs)
 
   def ops(self) -> tuple[str, ...]:
     """The operation of every edge of both cells."""
     return tuple(op for op, _ in self.normal + self.reduce)
+
+
+def _nodes(edges: Sequence[Edge], num_nodes: int) -> tuple[tuple[Edge, ...], ...]:
+  """A cell's edges split per node (the same number for every node)."""
+  per_node = max(len(edges) // max(num_nodes, 1), 1)
+  return tuple(tuple(edges[k:k + per_node]) for k in range(0, len(edges), per_node))
+
+
+def _kept_edges(nodes: Sequence[Sequence[Edge]], num_inputs: int) -> dict[tuple[int, int], str]:
+  """``(src, dst) -> op`` of a cell's edges, node ``j`` being state ``num_inputs + j``."""
+  return {(src, num_inputs + j): op for j, node in enumerate(nodes) for op, src in node}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,14 +126,11 @@ class CellsGenotype:
     return self.cells[i], self.concat
 
   def nodes(self, cell_type: str) -> tuple[tuple[Edge, ...], ...]:
-    """Per node, its edges, of cell ``f"cell{i}"``."""
-    edges = self.cells[int(cell_type.removeprefix("cell"))]
-    per_node = max(len(edges) // max(self.num_nodes, 1), 1)
-    return tuple(edges[k:k + per_node] for k in range(0, len(edges), per_node))
+    """Per node, the edges of cell ``f"cell{i}"``."""
+    return _nodes(self.cells[int(cell_type.removeprefix("cell"))], self.num_nodes)
 
   def kept_edges(self, cell_type: str) -> dict[tuple[int, int], str]:
-    return {(src, self.num_inputs + j): op for j, node in enumerate(self.nodes(cell_type))
-            for op, src in node}
+    return _kept_edges(self.nodes(cell_type), self.num_inputs)
 
   def ops(self) -> tuple[str, ...]:
     return tuple(op for cell in self.cells for op, _ in cell)

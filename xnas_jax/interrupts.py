@@ -29,6 +29,17 @@ class Interrupted(Exception):
     self.signum = signum
 
 
+class Stopped(Exception):
+  """A run stopped by a signal, reported in one line: ``signum``, and
+  ``resume_epoch``, the epoch of the newest checkpoint, where the next run
+  in the workdir starts (0: from the beginning)."""
+
+  def __init__(self, signum: int, resume_epoch: int):
+    super().__init__(f"stopped by {signal.Signals(signum).name}; the next run in this "
+                     f"workdir resumes from epoch {resume_epoch + 1}")
+    self.signum, self.resume_epoch = signum, resume_epoch
+
+
 class Catcher:
   """The signal received (None: none yet)."""
 

@@ -11,7 +11,6 @@ and ``workdir/genotype.json``; a re-run resumes bit-identically.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -45,17 +44,7 @@ from xnas_jax import workdir_lock
 PyTree = Any
 ConfigError = config_checks.ConfigError
 SearchDiverged = search_metrics.SearchDiverged
-
-
-class Interrupted(Exception):
-  """A search stopped by SIGTERM or SIGINT at a step boundary
-  (``xnas_jax.interrupts``): ``signum``, and ``resume_epoch``, the epoch the
-  next run in the workdir starts from (0: from the beginning)."""
-
-  def __init__(self, signum: int, resume_epoch: int):
-    super().__init__(f"stopped by {interrupts.signal.Signals(signum).name}; the next run in this "
-                     f"workdir resumes from epoch {resume_epoch + 1}")
-    self.signum, self.resume_epoch = signum, resume_epoch
+Interrupted = interrupts.Stopped
 
 # Keys that may differ when a search resumes: where the data lives, how many
 # devices share the batch and how depthwise convolutions are computed (float
@@ -178,61 +167,60 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   first_epoch = search_metrics.first_epoch_metrics(metrics_path, [c.seed for c in run.configs])
   writers = events.EventWriters(workdir, [c.seed for c in run.configs], config.tensorboard)
   bar = cli.progress(range(start_epoch, config.epochs), progress, "search")
-  stop = contextlib.ExitStack()
-  catcher = stop.enter_context(interrupts.catch())
-  try:
-    for epoch in bar:
-      catcher.check()
-      # Time and compilations of this epoch's steps and metrics; not of the
-      # previous checkpoint, whose first save on several devices compiles
-      # orbax's per-device copies (once).
-      t0, compiled_before = time.time(), compile_counter.snapshot()
-      tr, va = run.batches(epoch, mesh)
-      first_step = int(np.max(state["step"]))
-      step_metrics = []
-      for i in range(len(tr)):
-        state, m = throttle(step(state, train_data, val_data, tr[i], va[i]))
-        step_metrics.append(m)
-        catcher.check()  # a signal abandons the epoch; the next run repeats it
-      state = dict(state, epoch=state["epoch"] + 1)
-      summaries = _epoch_summaries(run, state, step_metrics, first_step, t0, compiled_before,
-                                   first_epoch)
-      if epoch + 1 == progressive.switch_epoch(config):  # DrNAS's second stage
-        new_search, state, changed = progressive.advance(
-            run.searches[0], state, search_setup.live_masks(run.searches[0], state),
-            lambda s: search_setup.init_state(s, jax.random.key(0)),
-            jax.random.fold_in(jax.random.wrap_key_data(state["data_key"]), 1 << 20))
-        run.searches = [progressive.with_structure(s, progressive.structure(new_search.net))
-                        for s in run.searches]
-        state = parallel.replicate(state, mesh)
-        fns = search_steps.step_functions(run.searches[0])
-        step = run.step_function(fns)
-        summaries = [dict(s, progressive=changed) for s in summaries]
-      if config.rebuild_wiped and epoch + 1 < config.epochs:
-        rebuilt, state, dropped = search_setup.rebuild(run.searches[0], state)
-        if any(dropped.values()):
-          run.searches = run.with_ops(search_setup.built_ops(rebuilt))
+  with interrupts.catch() as catcher:  # the epochs only: selection keeps the defaults
+    try:
+      for epoch in bar:
+        catcher.check()
+        # Time and compilations of this epoch's steps and metrics; not of the
+        # previous checkpoint, whose first save on several devices compiles
+        # orbax's per-device copies (once).
+        t0, compiled_before = time.time(), compile_counter.snapshot()
+        tr, va = run.batches(epoch, mesh)
+        first_step = int(np.max(state["step"]))
+        step_metrics = []
+        for i in range(len(tr)):
+          state, m = throttle(step(state, train_data, val_data, tr[i], va[i]))
+          step_metrics.append(m)
+          catcher.check()  # a signal abandons the epoch; the next run repeats it
+        state = dict(state, epoch=state["epoch"] + 1)
+        summaries = _epoch_summaries(run, state, step_metrics, first_step, t0, compiled_before,
+                                     first_epoch)
+        if epoch + 1 == progressive.switch_epoch(config):  # DrNAS's second stage
+          new_search, state, changed = progressive.advance(
+              run.searches[0], state, search_setup.live_masks(run.searches[0], state),
+              lambda s: search_setup.init_state(s, jax.random.key(0)),
+              jax.random.fold_in(jax.random.wrap_key_data(state["data_key"]), 1 << 20))
+          run.searches = [progressive.with_structure(s, progressive.structure(new_search.net))
+                          for s in run.searches]
           state = parallel.replicate(state, mesh)
-          fns = search_steps.step_functions(run.searches[0])  # compiles at the next step
+          fns = search_steps.step_functions(run.searches[0])
           step = run.step_function(fns)
-          summaries = [dict(s, rebuilt_without=dropped) for s in summaries]
-      checkpointing.append_metrics(metrics_path, summaries)
-      writers.write(summaries, run.searches[0].net.space.cell_types)
-      checkpointing.save(manager, int(np.max(state["epoch"])), state,
-                         {"active_ops": [list(o) for o in search_setup.built_ops(run.searches[0])],
-                          **progressive.structure(run.searches[0].net)})
-      if hasattr(bar, "set_postfix"):
-        s0 = summaries[0]
-        bar.set_postfix(train_acc=f"{s0['train_acc']:.3f}", val_acc=f"{s0['val_acc']:.3f}",
-                        H=f"{s0[f'entropy_{run.searches[0].net.space.cell_types[0]}']:.3f}")
-  except interrupts.Interrupted as e:
-    manager.wait_until_finished()  # the last checkpoint is whole before the message
-    raise Interrupted(e.signum, checkpointing.latest_epoch(manager)) from None
-  finally:
-    stop.close()
-    writers.close()
-    manager.wait_until_finished()
-    manager.close()
+          summaries = [dict(s, progressive=changed) for s in summaries]
+        if config.rebuild_wiped and epoch + 1 < config.epochs:
+          rebuilt, state, dropped = search_setup.rebuild(run.searches[0], state)
+          if any(dropped.values()):
+            run.searches = run.with_ops(search_setup.built_ops(rebuilt))
+            state = parallel.replicate(state, mesh)
+            fns = search_steps.step_functions(run.searches[0])  # compiles at the next step
+            step = run.step_function(fns)
+            summaries = [dict(s, rebuilt_without=dropped) for s in summaries]
+        checkpointing.append_metrics(metrics_path, summaries)
+        writers.write(summaries, run.searches[0].net.space.cell_types)
+        built = search_setup.built_ops(run.searches[0])
+        checkpointing.save(manager, int(np.max(state["epoch"])), state,
+                           {"active_ops": [list(o) for o in built],
+                            **progressive.structure(run.searches[0].net)})
+        if hasattr(bar, "set_postfix"):
+          s0 = summaries[0]
+          bar.set_postfix(train_acc=f"{s0['train_acc']:.3f}", val_acc=f"{s0['val_acc']:.3f}",
+                          H=f"{s0[f'entropy_{run.searches[0].net.space.cell_types[0]}']:.3f}")
+    except interrupts.Interrupted as e:
+      manager.wait_until_finished()  # the last checkpoint is whole before the message
+      raise Interrupted(e.signum, checkpointing.latest_epoch(manager)) from None
+    finally:
+      writers.close()
+      manager.wait_until_finished()
+      manager.close()
   return _select(run, state, fns, workdir, summaries if start_epoch < config.epochs else None)
 
 

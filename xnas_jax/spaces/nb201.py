@@ -245,16 +245,6 @@ class ResNetBasicblock(nn.Module):
     return r + y
 
 
-class Stem(nn.Module):
-  """3x3 conv (no bias) -> affine BN."""
-  features: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
-    return ops_lib.batch_norm(True, train)(x)
-
-
 class Head(nn.Module):
   """``lastact`` (affine BN, ReLU), global average pooling, linear classifier."""
   num_classes: int
@@ -312,7 +302,7 @@ class Supernet(supernet_lib.Supernet):
 
   def _init_structure(self, key: jax.Array, x: jax.Array) -> supernet_lib.Variables:
     keys = jax.random.split(key, len(self.layers) + 2)
-    stem = Stem(self.channels)
+    stem = supernet_lib.Stem(self.channels)
     v = stem.init(keys[0], x, True)
     params, stats = {"stem": v["params"]}, {"stem": v["batch_stats"]}
     s = jax.eval_shape(lambda: stem.apply(v, x, False))
@@ -347,7 +337,7 @@ class Supernet(supernet_lib.Supernet):
     edge_w = (jnp.broadcast_to(weights["edges"][CELL_TYPE], (r, b, e))
               if "edges" in weights else None)
     apply_module = supernet_lib._apply_module  # pylint: disable=protected-access
-    s, st = apply_module(Stem(self.channels), {"params": params["stem"],
+    s, st = apply_module(supernet_lib.Stem(self.channels), {"params": params["stem"],
                                                "batch_stats": stats["stem"]}, x, train)
     new_stats = {"stem": st}
     seen = 0
@@ -412,7 +402,7 @@ class TinyNetwork(nn.Module):
   def __call__(self, x: jax.Array, train: bool = True,
                drop_prob: jax.Array | float = 0.0) -> tuple[jax.Array, None]:
     del drop_prob
-    s = Stem(self.channels, name="stem")(x, train)
+    s = supernet_lib.Stem(self.channels, name="stem")(x, train)
     for i, (kind, c) in enumerate(layer_plan(self.channels, self.num_cells)):
       if kind == "block":
         s = ResNetBasicblock(c, name=f"block{i}")(s, train)
