@@ -1,6 +1,7 @@
 """Retraining a genotype end to end: metrics, test accuracy, exact resume, CLI."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from xnas_jax import checkpointing, config_defaults, evalnet, retrain
+from xnas_jax import checkpointing, config_defaults, evalnet, interrupts, retrain
 from xnas_jax.genotype import Genotype
 from tfevents import summaries
 
@@ -64,21 +65,25 @@ def test_retraining_learns_digits(tmp_path):
   assert result["summary"]["test_acc"] > 0.5
 
 
-def test_resume_is_bit_identical(finished, tmp_path, monkeypatch):
+def test_sigterm_stops_at_a_step_and_the_resume_is_bit_identical(finished, tmp_path, monkeypatch):
+  """SIGTERM (a cluster's preemption) arrives while checkpoint 1 is written:
+  the retraining stops at the next step boundary with the epoch the next run
+  resumes from, leaves no temporary checkpoint, and the resume ends as the
+  uninterrupted run ended, bit for bit."""
   _, full = finished
   original = checkpointing.save
-  calls = {"n": 0}
 
-  def crash_before_second_checkpoint(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == 2:
-      raise KeyboardInterrupt("simulated crash")
-    return original(*args, **kwargs)
+  def preempted_after_first_checkpoint(mngr, step, *args, **kwargs):
+    original(mngr, step, *args, **kwargs)
+    if step == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
 
-  monkeypatch.setattr(checkpointing, "save", crash_before_second_checkpoint)
-  with pytest.raises(KeyboardInterrupt):
+  monkeypatch.setattr(checkpointing, "save", preempted_after_first_checkpoint)
+  with pytest.raises(interrupts.Stopped,
+                     match="^stopped by SIGTERM; the next run in this workdir resumes from epoch 2$"):
     retrain.train_and_evaluate(tiny_eval_config(), GENOTYPE, str(tmp_path), progress=False)
   monkeypatch.setattr(checkpointing, "save", original)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
   resumed = retrain.train_and_evaluate(tiny_eval_config(), GENOTYPE, str(tmp_path),
                                        progress=False)
   for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):

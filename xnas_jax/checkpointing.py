@@ -3,15 +3,36 @@
 Each checkpoint holds two items: ``state`` (the arrays) and ``meta`` (JSON:
 what the state's *structure* depends on, e.g. the ops a rebuilt supernet
 still builds), so a restore can first rebuild the matching abstract state.
+
+Beside ``<dir>`` (the checkpoints), ``<dir>/../checkpoint_sums/<step>.json``
+records the size and CRC-32 of every file of a finished checkpoint
+(``file_sums``).  A restore checks them first: a damaged checkpoint is then
+found before orbax reads it.  Orbax's reads are asynchronous, and when one
+of them fails, the others complete into a closed event loop and print a
+traceback each, a different number every time.  Failed writes (a full disk)
+do the same, so ``save`` first refuses a state larger than the free space,
+and both calls hold the process's stderr (``stderr_held``) while orbax runs,
+giving it back as it was when they succeed and dropping it when they fail:
+the failure is then reported in one line.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
+import glob
 import json
+import logging
 import os
 import shutil
 import sys
-from typing import Any, Callable, NamedTuple
+import tempfile
+import time
+import traceback
+import zlib
+from typing import Any, Callable, Iterator, NamedTuple
 
+import jax
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -28,19 +49,220 @@ def latest_epoch(mngr: ocp.CheckpointManager) -> int:
   return int(mngr.latest_step() or 0)
 
 
+class CheckpointWriteFailed(RuntimeError):
+  """A checkpoint could not be written (one line: the directory and the cause).
+  The checkpoints written before it are kept and the partial one is removed."""
+
+
+class _Held:
+  keep = True  # False: the text is dropped
+
+
+@contextlib.contextmanager
+def stderr_held(settle_s: float = 0.3, at_most_s: float = 5.0) -> Iterator[_Held]:
+  """Sends what the process writes to its stderr (file descriptor 2, so C++
+  threads' output too) to a temporary file inside the block.  At the end of
+  the block the text is written to stderr as it came, unless the block set
+  ``keep = False`` on what it was given or raised: then the text is dropped
+  once it has stopped growing for ``settle_s`` (at most ``at_most_s``),
+  since orbax's threads are still reporting into it."""
+  sys.stderr.flush()
+  saved, held = os.dup(2), _Held()
+  with tempfile.TemporaryFile() as f:
+    os.dup2(f.fileno(), 2)
+    try:
+      yield held
+    except BaseException:
+      held.keep = False
+      raise
+    finally:
+      sys.stderr.flush()
+      if held.keep:
+        f.seek(0)
+        if text := f.read():
+          os.write(saved, text)
+      else:
+        deadline, size = time.monotonic() + at_most_s, -1
+        while time.monotonic() < deadline and size != os.fstat(f.fileno()).st_size:
+          size = os.fstat(f.fileno()).st_size
+          time.sleep(settle_s)
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+class Failure(NamedTuple):
+  """What a call raised: the exception's type name and text."""
+  kind: str
+  text: str
+
+
+def _quietly(fn: Callable[[], Any], path: str) -> tuple[Any, Failure | None]:
+  """``(fn(), None)``, or ``(None, what it raised)`` with what orbax printed
+  meanwhile dropped (``path``: the checkpoint it reads or writes).  The exception itself is dropped and the garbage
+  collected before stderr is given back: the coroutines its frames held
+  report into the held text, not after it."""
+  with stderr_held() as held:
+    try:
+      return fn(), None
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore, json, OS errors)
+      failure = Failure(type(e).__name__, str(e) if not isinstance(e, OSError) or not e.strerror
+                        else f"[Errno {e.errno}] {e.strerror}")
+    _ignore_orbax_leftovers(path)
+    gc.collect()
+    held.keep = False
+    return None, failure
+
+
+def _ignore_orbax_leftovers(path: str) -> None:
+  """After a failed read, orbax's other reads of the same checkpoint stay
+  referenced by its closed event loop and are collected at a random later
+  time, each reported as "Exception ignored in: <coroutine ...>" or, where
+  tensorstore completes a read into the closed loop, "Event loop is closed"
+  (both through ``sys.unraisablehook``), or as "Task (or Future) exception was never
+  retrieved" (through the ``asyncio`` logger).  This installs, once, a hook
+  and a log filter that drop exactly those reports: of orbax's coroutines,
+  of closed event loops, and of futures whose error was raised in orbax or names ``path`` (the
+  checkpoint that failed); every other report passes as before."""
+  _FAILED_PATHS.add(os.path.abspath(path))
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_orbax_coroutines", False):
+    return
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    late = (isinstance(unraisable.exc_value, RuntimeError)  # a read done after its loop closed
+            and str(unraisable.exc_value) == "Event loop is closed")
+    if not late and (code is None or _ORBAX not in code.co_filename):
+      previous(unraisable)
+
+  hook.drops_orbax_coroutines = True
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: not ("exception was never retrieved" in str(record.msg)
+                          and (_from_orbax(record.exc_info)
+                               or any(p in record.getMessage() for p in (_ORBAX, *_FAILED_PATHS)))))
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
+_FAILED_PATHS: set[str] = set()
+
+
+def _from_orbax(exc_info) -> bool:
+  """Whether a logged exception was raised in orbax's code."""
+  tb = exc_info[2] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
+  return any(_ORBAX in frame.filename for frame in traceback.extract_tb(tb)) if tb else False
+
+
+def _sums_path(mngr: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(os.path.dirname(str(mngr.directory)), "checkpoint_sums", f"{step}.json")
+
+
+def file_sums(step_dir: str) -> dict[str, list[int]]:
+  """``{path relative to step_dir: [size in bytes, CRC-32]}`` of every file."""
+  return {os.path.relpath(os.path.join(root, name), step_dir):
+          [os.path.getsize(os.path.join(root, name)), _crc32(os.path.join(root, name))]
+          for root, _, files in os.walk(step_dir) for name in sorted(files)}
+
+
+def _crc32(path: str) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 22):
+      crc = zlib.crc32(chunk, crc)
+  return crc
+
+
+def check_sums(mngr: ocp.CheckpointManager, step: int) -> str | None:
+  """Why checkpoint ``step``'s files differ from what was written (the first
+  file that does), or None: they match, or no sums were recorded (a
+  checkpoint of an earlier version, or one whose run stopped right after
+  orbax finished it)."""
+  path = _sums_path(mngr, step)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    written = json.load(f)
+  step_dir = os.path.join(str(mngr.directory), str(step))
+  for name, (size, crc) in sorted(written.items()):
+    full = os.path.join(step_dir, name)
+    if not os.path.exists(full):
+      return f"{name} is missing"
+    if os.path.getsize(full) != size:
+      return f"{name} has {os.path.getsize(full)} bytes, {size} were written"
+    if _crc32(full) != crc:
+      return f"{name} has changed since it was written (CRC-32)"
+  return None
+
+
+def _nbytes(tree: PyTree) -> int:
+  return sum(int(getattr(a, "nbytes", 0)) for a in jax.tree.leaves(tree))
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
          meta: dict[str, Any] | None = None) -> None:
-  """Saves ``state`` and ``meta`` as ``step`` and waits until it is on disk.
+  """Saves ``state`` and ``meta`` as ``step``, waits until it is on disk and
+  records its files' sums.
 
   Synchronous on purpose: while a background write was in flight, a test run
   on 8 host devices and 2 cores once died in XLA:CPU's all-reduce rendezvous
   (40 s timeout) of the next step (the cause is not established).  A
   checkpoint only becomes the latest once it is complete, so a crash keeps
-  the previous one.
+  the previous one.  Raises ``CheckpointWriteFailed`` when the free space is
+  less than the state's bytes (before writing anything) or the write fails.
   """
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta or {})))
-  mngr.wait_until_finished()
+  directory = str(mngr.directory)
+  kept = (f"; checkpoint {mngr.latest_step()} is kept" if mngr.latest_step() is not None
+          else "")
+  free, needed = shutil.disk_usage(directory).free, _nbytes(state)
+  if free < needed:
+    raise CheckpointWriteFailed(
+        f"cannot write checkpoint {step} in {directory}: {os.strerror(errno.ENOSPC)} "
+        f"({free} bytes free, the state alone has {needed}){kept}")
+  def write():
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta or {})))
+    mngr.wait_until_finished()
+
+  _, e = _quietly(write, os.path.join(directory, str(step)))
+  if e is not None:
+    for partial in glob.glob(os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")):
+      shutil.rmtree(partial, ignore_errors=True)
+    raise CheckpointWriteFailed(
+        f"cannot write checkpoint {step} in {directory}: {_os_reason(e)}{kept}") from None
+  _record_sums(mngr, step)
+
+
+def _os_reason(failure: Failure) -> str:
+  """The cause of a failed write in a few words: the OS's message where the
+  error carries one (tensorstore's ``[os_error_code=28]``, Python's
+  ``[Errno 28]``), else its first line."""
+  for marker, end in (("os_error_code=", "]"), ("[Errno ", "]")):
+    if marker in failure.text:
+      code = failure.text.split(marker)[1].split(end)[0].strip("'\"")
+      if code.isdigit():
+        return os.strerror(int(code))
+  return f"{failure.kind}: {(failure.text.strip().splitlines() or [''])[0][:200]}"
+
+
+def _record_sums(mngr: ocp.CheckpointManager, step: int) -> None:
+  """Writes ``step``'s sums (atomically) and drops those of the checkpoints
+  orbax has deleted."""
+  path = _sums_path(mngr, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  try:
+    with open(path + ".tmp", "w") as f:
+      json.dump(file_sums(os.path.join(str(mngr.directory), str(step))), f)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    if os.path.exists(path + ".tmp"):
+      os.remove(path + ".tmp")
+    raise CheckpointWriteFailed(
+        f"checkpoint {step} in {mngr.directory} is written, but its sums cannot be "
+        f"({os.path.dirname(path)}: {e.strerror})") from None
+  kept = {str(s) for s in mngr.all_steps()}
+  for old in os.listdir(os.path.dirname(path)):
+    if old.endswith(".json") and old[:-len(".json")] not in kept:
+      os.remove(os.path.join(os.path.dirname(path), old))
 
 
 class NoUsableCheckpoint(RuntimeError):
@@ -58,25 +280,34 @@ def restore_newest(mngr: ocp.CheckpointManager,
                    abstract_state: Callable[[dict[str, Any]], PyTree]) -> Restored:
   """The newest checkpoint that restores, with the types of ``abstract_state(meta)``.
 
-  A checkpoint that fails to restore (a truncated or empty data or metadata
-  file, a missing directory: what a full disk or an interrupted copy leaves)
-  is moved out of the way, to ``<directory>/../damaged_checkpoints/<step>``,
+  A checkpoint whose files differ from their recorded sums (``check_sums``)
+  or that fails to restore (a truncated or empty data or metadata file, a
+  missing directory: what a full disk or an interrupted copy leaves) is
+  moved out of the way, to ``<directory>/../damaged_checkpoints/<step>``,
   so that the resumed run can write that step again, and the next older
   one is tried.  Raises ``NoUsableCheckpoint`` (one line, naming the
   directory) when checkpoints exist and none restores.
   """
   damaged: list[str] = []
   for step in sorted(mngr.all_steps(), reverse=True):
-    try:
-      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      state = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state(meta or {}))))["state"]
-    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore, json, OS errors)
-      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-      damaged.append(f"checkpoint {step} in {mngr.directory} cannot be restored "
-                     f"({type(e).__name__}: {reason})")
+    differs = check_sums(mngr, step)
+    if differs:
+      damaged.append(f"checkpoint {step} in {mngr.directory} is damaged ({differs})")
       _set_aside(mngr, step)
       continue
+    def read(step=step):
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      return meta, mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state(meta or {}))))["state"]
+
+    restored, e = _quietly(read, os.path.join(str(mngr.directory), str(step)))
+    if e is not None:
+      reason = (e.text.strip().splitlines() or [e.kind])[0].split(" See full TensorStore")[0][:200]
+      damaged.append(f"checkpoint {step} in {mngr.directory} cannot be restored "
+                     f"({e.kind}: {reason})")
+      _set_aside(mngr, step)
+      continue
+    meta, state = restored
     return Restored(state, meta or {}, step, damaged)
   if damaged:
     raise NoUsableCheckpoint(f"no checkpoint in {mngr.directory} can be restored "
@@ -95,6 +326,9 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
   source = os.path.join(directory, str(step))
   if os.path.exists(source):
     shutil.move(source, target)
+  sums = _sums_path(mngr, step)
+  if os.path.exists(sums):
+    shutil.move(sums, os.path.join(aside, f"{step}.sums.json"))
   mngr.reload()
 
 

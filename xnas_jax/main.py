@@ -12,6 +12,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from xnas_jax import checkpointing
 from xnas_jax import cli
 from xnas_jax import input_pipeline
 from xnas_jax import train
@@ -36,6 +37,8 @@ def run(argv: list[str] | None = None) -> None:
   except (train.ConfigError, ValueError) as e:
     _fail(str(e).splitlines()[0])
   except input_pipeline.DataNotPreparedError as e:
+    _fail(str(e), status=2)
+  except checkpointing.CheckpointWriteFailed as e:  # a full disk: the checkpoints before it stay
     _fail(str(e), status=2)
   except train.Interrupted as e:  # SIGTERM or SIGINT: one line, the shell's status for it
     print(f"xnas-search: {e}", file=sys.stderr)

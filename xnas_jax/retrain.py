@@ -36,6 +36,7 @@ from xnas_jax import events
 from xnas_jax import figures
 from xnas_jax import host_memory
 from xnas_jax import input_pipeline
+from xnas_jax import interrupts
 from xnas_jax import optim
 from xnas_jax import parallel
 from xnas_jax import spaces
@@ -273,30 +274,37 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, w
   if config.figures:
     figures.draw_genotype(genotype, [os.path.join(workdir, "genotype.png")], "retrained:")
   epochs = cli.progress(range(start, config.epochs), progress, "retrain")
-  try:
-    for epoch in epochs:
-      t0 = time.time()
-      idx = parallel.shard_batches(
-          input_pipeline.epoch_batches(order_key, len(run.train), b, epoch)[:steps], mesh)
-      out = []
-      for i in range(steps):
-        state, m = throttle(fns["train_step"](state, images, labels, idx[i]))
-        out.append(m)
-      out = np.asarray(jnp.stack(out))
-      if not np.isfinite(out).all():
-        raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}; the last good "
-                               f"checkpoint is in {os.path.join(workdir, 'checkpoints')}")
-      state = dict(state, epoch=state["epoch"] + 1)
-      summary = {"epoch": epoch + 1, "train_loss": float(out[:, 0].mean()),
-                 "train_acc": float(out[:, 1].sum() / (steps * b)),
-                 "learning_rate": float(run.schedule(int(state["step"]) - 1)),
-                 "epoch_time_s": round(time.time() - t0, 3)}
-      checkpointing.append_metrics(metrics_path, [summary])
-      writers.write([summary])
-      checkpointing.save(manager, epoch + 1, state, {"genotype": genotype.to_dict()})
-  finally:
-    manager.wait_until_finished()
-    manager.close()
+  with interrupts.catch() as catcher:  # a signal abandons the epoch; the next run repeats it
+    try:
+      for epoch in epochs:
+        catcher.check()
+        t0 = time.time()
+        idx = parallel.shard_batches(
+            input_pipeline.epoch_batches(order_key, len(run.train), b, epoch)[:steps], mesh)
+        out = []
+        for i in range(steps):
+          state, m = throttle(fns["train_step"](state, images, labels, idx[i]))
+          out.append(m)
+          catcher.check()
+        out = np.asarray(jnp.stack(out))
+        if not np.isfinite(out).all():
+          raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}; the last good "
+                                 f"checkpoint is in {os.path.join(workdir, 'checkpoints')}")
+        state = dict(state, epoch=state["epoch"] + 1)
+        summary = {"epoch": epoch + 1, "train_loss": float(out[:, 0].mean()),
+                   "train_acc": float(out[:, 1].sum() / (steps * b)),
+                   "learning_rate": float(run.schedule(int(state["step"]) - 1)),
+                   "epoch_time_s": round(time.time() - t0, 3)}
+        checkpointing.append_metrics(metrics_path, [summary])
+        writers.write([summary])
+        checkpointing.save(manager, epoch + 1, state, {"genotype": genotype.to_dict()})
+    except interrupts.Interrupted as e:
+      manager.wait_until_finished()  # the last checkpoint is whole before the message
+      writers.close()
+      raise interrupts.Stopped(e.signum, checkpointing.latest_epoch(manager)) from None
+    finally:
+      manager.wait_until_finished()
+      manager.close()
   summary = dict(summary, test_acc=test_accuracy(run, fns, state), params_m=params_m,
                  genotype=genotype.to_dict(), seed=config.seed)
   writers.write([{"epoch": summary.get("epoch", start), "test_acc": summary["test_acc"]}])

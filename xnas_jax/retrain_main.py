@@ -13,8 +13,10 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from xnas_jax import checkpointing
 from xnas_jax import cli
 from xnas_jax import input_pipeline
+from xnas_jax import interrupts
 from xnas_jax import published
 from xnas_jax import retrain
 
@@ -52,6 +54,11 @@ def run(argv: list[str] | None = None) -> None:
     _fail(str(e).splitlines()[0])
   except input_pipeline.DataNotPreparedError as e:
     _fail(str(e))
+  except checkpointing.CheckpointWriteFailed as e:  # a full disk: the checkpoints before it stay
+    _fail(str(e))
+  except interrupts.Stopped as e:  # SIGTERM or SIGINT: one line, the shell's status for it
+    print(f"xnas-train: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)
   except retrain.TrainingDiverged as e:
     _fail(str(e), status=1)
   s = result["summary"]
