@@ -15,6 +15,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from xnas_jax import checkpointing
 
@@ -36,6 +37,39 @@ def test_saved_buffers_may_be_donated_once_save_returns(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), b)
   assert restored.meta == {"active_ops": [["skip_connect"], []]} and restored.step == 3
   mngr.close()
+
+
+def test_pack_and_unpack_are_inverse_bit_for_bit():
+  state = {"w": jax.random.normal(jax.random.key(0), (3, 4)), "step": jnp.int32(7),
+           "mask": jnp.array([[True, False]]), "key": jax.random.key_data(jax.random.key(1)),
+           "empty": jnp.zeros((0, 2)), "nested": [jnp.float32(-0.0), jnp.arange(5, dtype=jnp.int32)]}
+  buffers = checkpointing.pack(state)
+  assert {k: b.shape for k, b in buffers.items()} == {"float32": (13,), "int32": (6,),
+                                                     "bool": (2,), "uint32": (2,)}
+  abstract = _abstract(state)
+  assert {k: (s.shape, s.dtype) for k, s in checkpointing.packed_shapes(abstract).items()} == {
+      k: (b.shape, b.dtype) for k, b in buffers.items()}
+  back = checkpointing.unpack(buffers, abstract)
+  assert jax.tree.structure(back) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()  # -0.0 stays -0.0
+  with pytest.raises(ValueError, match="do not match"):
+    checkpointing.unpack(buffers, _abstract(dict(state, w=jnp.zeros((3, 3)))))
+
+
+def test_a_checkpoint_of_the_earlier_layout_restores(tmp_path):
+  """Before packing, checkpoints held the arrays one by one as ``state``."""
+  state = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.int32(3)}
+  mngr = checkpointing.manager(str(tmp_path))
+  mngr.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                       meta=ocp.args.JsonSave({"k": 1})))
+  mngr.wait_until_finished()
+  restored = checkpointing.restore_newest(mngr, lambda meta: _abstract(state))
+  mngr.close()
+  assert restored.step == 4 and restored.meta == {"k": 1} and restored.damaged == []
+  for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_no_checkpoint_restores_none(tmp_path):
@@ -68,7 +102,7 @@ def test_truncate_metrics_keeps_the_epochs_of_the_checkpoint(tmp_path):
 
 
 def _data_files(step_dir):
-  return sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state"))
+  return sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "packed"))
                 for f in fs if os.path.basename(r) == "d")  # ocdbt's data files
 
 
@@ -88,22 +122,22 @@ def _damage(step_dir, kind):
     return
   if kind == "missing directory":
     import shutil  # pylint: disable=import-outside-toplevel
-    shutil.rmtree(os.path.join(step_dir, "state"))
+    shutil.rmtree(os.path.join(step_dir, "packed"))
     return
   if kind == "truncated metadata":
-    _truncate(os.path.join(step_dir, "state", "_METADATA"))
+    _truncate(os.path.join(step_dir, "packed", "_METADATA"))
     return
   files = [f for f in _data_files(step_dir) if os.path.getsize(f) > 0]
-  assert files, os.listdir(os.path.join(step_dir, "state"))
+  assert files, os.listdir(os.path.join(step_dir, "packed"))
   for f in files:
     _truncate(f, None if kind == "truncated data file" else 0)
 
 
-WHY = {"truncated data file": r"state/(\S+/)?d/\w+ has \d+ bytes, \d+ were written",
-       "truncated metadata": r"state/_METADATA has \d+ bytes, \d+ were written",
-       "missing directory": r"state/\S+ is missing",
-       "empty file": r"state/(\S+/)?d/\w+ has 0 bytes, \d+ were written",
-       "flipped byte": r"state/(\S+/)?d/\w+ has changed since it was written \(CRC-32\)"}
+WHY = {"truncated data file": r"packed/(\S+/)?d/\w+ has \d+ bytes, \d+ were written",
+       "truncated metadata": r"packed/_METADATA has \d+ bytes, \d+ were written",
+       "missing directory": r"packed/\S+ is missing",
+       "empty file": r"packed/(\S+/)?d/\w+ has 0 bytes, \d+ were written",
+       "flipped byte": r"packed/(\S+/)?d/\w+ has changed since it was written \(CRC-32\)"}
 
 
 @pytest.mark.parametrize("kind", list(WHY))

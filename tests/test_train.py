@@ -172,7 +172,7 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_one_before(finished, tmp_p
   resumed = train.train_and_evaluate(tiny_config(), workdir, progress=False)
   err = [l for l in capfd.readouterr().err.splitlines() if not l.startswith("WARNING:absl")]
   assert len(err) == 1 and re.fullmatch(  # found by its sums: one line, no orbax tracebacks
-      r"warning: checkpoint 2 in \S+ is damaged \(state/\S+ has \d+ bytes, \d+ were written\); "
+      r"warning: checkpoint 2 in \S+ is damaged \(packed/\S+ has \d+ bytes, \d+ were written\); "
       r"trying the one before", err[0]), err[:5]
   for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,8 +1,14 @@
 """Orbax checkpoints of the search state (a plain pytree) and its metadata.
 
-Each checkpoint holds two items: ``state`` (the arrays) and ``meta`` (JSON:
-what the state's *structure* depends on, e.g. the ops a rebuilt supernet
-still builds), so a restore can first rebuild the matching abstract state.
+Each checkpoint holds two items: ``packed`` (the state's arrays, packed into
+one flat buffer per dtype, ``pack``) and ``meta`` (JSON: what the state's
+*structure* depends on, e.g. the ops a rebuilt supernet still builds), so a
+restore can first rebuild the matching abstract state and unpack into it.
+Orbax's cost of a save grows with the number of arrays (a supernet's state
+has thousands), and part of it stays in the process: saving a few buffers
+keeps a long search's memory flat (``benchmarks/memory_soak.py``).
+Checkpoints of earlier versions hold the arrays one by one under ``state``
+and still restore.
 
 Beside ``<dir>`` (the checkpoints), ``<dir>/../checkpoint_sums/<step>.json``
 records the size and CRC-32 of every file of a finished checkpoint
@@ -33,7 +39,11 @@ import zlib
 from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from xnas_jax import host_memory
 
 PyTree = Any
 
@@ -198,6 +208,44 @@ def _nbytes(tree: PyTree) -> int:
   return sum(int(getattr(a, "nbytes", 0)) for a in jax.tree.leaves(tree))
 
 
+PACKED, UNPACKED = "packed", "state"  # the item names of the two layouts
+
+
+def pack(state: PyTree) -> dict[str, np.ndarray]:
+  """The leaves of ``state``, flattened and concatenated in tree order into
+  one buffer per dtype (``{dtype name: [n]}``), on the host."""
+  groups: dict[str, list[np.ndarray]] = {}
+  for leaf in jax.tree.leaves(jax.device_get(state)):
+    leaf = np.asarray(leaf)
+    groups.setdefault(leaf.dtype.name, []).append(leaf.ravel())
+  return {name: np.concatenate(parts) for name, parts in groups.items()}
+
+
+def packed_shapes(abstract_state: PyTree) -> dict[str, jax.ShapeDtypeStruct]:
+  """The buffers ``pack`` makes of a state shaped as ``abstract_state``."""
+  sizes: dict[str, tuple[int, Any]] = {}
+  for leaf in jax.tree.leaves(abstract_state):
+    name = np.dtype(leaf.dtype).name
+    sizes[name] = (sizes.get(name, (0, None))[0] + int(np.prod(leaf.shape)), leaf.dtype)
+  return {name: jax.ShapeDtypeStruct((n,), dtype) for name, (n, dtype) in sizes.items()}
+
+
+def unpack(buffers: dict[str, Any], abstract_state: PyTree) -> PyTree:
+  """The inverse of ``pack``: the state shaped as ``abstract_state``."""
+  leaves, treedef = jax.tree.flatten(abstract_state)
+  buffers = {name: np.asarray(b) for name, b in buffers.items()}
+  offsets = dict.fromkeys(buffers, 0)
+  out = []
+  for leaf in leaves:
+    name, n = np.dtype(leaf.dtype).name, int(np.prod(leaf.shape))
+    out.append(jnp.asarray(buffers[name][offsets[name]:offsets[name] + n].reshape(leaf.shape)))
+    offsets[name] += n
+  if any(offsets[name] != buffers[name].size for name in buffers):
+    raise ValueError("the packed buffers do not match the state's structure "
+                     f"({ {k: int(b.size) for k, b in buffers.items()} } for {offsets})")
+  return treedef.unflatten(out)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
          meta: dict[str, Any] | None = None) -> None:
   """Saves ``state`` and ``meta`` as ``step``, waits until it is on disk and
@@ -219,7 +267,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
         f"cannot write checkpoint {step} in {directory}: {os.strerror(errno.ENOSPC)} "
         f"({free} bytes free, the state alone has {needed}){kept}")
   def write():
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+    mngr.save(step, args=ocp.args.Composite(**{PACKED: ocp.args.StandardSave(pack(state))},
                                             meta=ocp.args.JsonSave(meta or {})))
     mngr.wait_until_finished()
 
@@ -230,6 +278,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
     raise CheckpointWriteFailed(
         f"cannot write checkpoint {step} in {directory}: {_os_reason(e)}{kept}") from None
   _record_sums(mngr, step)
+  host_memory.release()  # the write's freed C heap (tensorstore's buffers) back to the system
 
 
 def _os_reason(failure: Failure) -> str:
@@ -297,8 +346,13 @@ def restore_newest(mngr: ocp.CheckpointManager,
       continue
     def read(step=step):
       meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      return meta, mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state(meta or {}))))["state"]
+      abstract = abstract_state(meta or {})
+      if not os.path.isdir(os.path.join(str(mngr.directory), str(step), PACKED)):
+        return meta, mngr.restore(step, args=ocp.args.Composite(**{
+            UNPACKED: ocp.args.StandardRestore(abstract)}))[UNPACKED]
+      buffers = mngr.restore(step, args=ocp.args.Composite(**{
+          PACKED: ocp.args.StandardRestore(packed_shapes(abstract))}))[PACKED]
+      return meta, unpack(buffers, abstract)
 
     restored, e = _quietly(read, os.path.join(str(mngr.directory), str(step)))
     if e is not None:

@@ -21,6 +21,10 @@ def xnas_arch_optimizer() -> ml_collections.ConfigDict:
       # Epochs of weight steps before the first architecture step; None: the
       # optimizer's own (DrNAS: a fifth of the epochs, 10 of 50 as released; else 0).
       "warmup_epochs": ml_collections.FieldReference(None, field_type=int),
+      # SDARTS (xnas_jax.sdarts), for any optimizer with a mixture: the weight
+      # step trains at the mixture perturbed by "random" noise or by PGD
+      # ("adversarial"), of radius epsilon_min -> epsilon over the epochs.
+      "perturb_mixture": "none", "epsilon": 0.3, "epsilon_min": 0.03, "pgd_steps": 7,
   })
 
 

@@ -101,6 +101,18 @@ def full_weights(search: Search, arch, masks, key, batch: int, step=None):
   return per_copy_weights(search.net, search.mixture(arch, masks, key, step), batch)
 
 
+def perturbed_weights(search: Search, params, batch_stats, arch, masks, x, y, key, batch: int,
+                      step):
+  """The weight step's mixture weights, perturbed by the optimizer
+  (``ArchOptimizer.perturb``, SDARTS), one copy per replica and example.  The
+  perturbation's loss is the batch's mean loss at the current weights with
+  running batch statistics (``evaluate_weights``)."""
+  u = search.mixture(arch, masks, key, step)  # the unperturbed step's own sample, if any
+  loss = lambda v: evaluate_weights(search, params, batch_stats, v, masks, x, y)[0] / x.shape[0]
+  return per_copy_weights(
+      search.net, search.arch_opt.perturb(u, masks, jax.random.fold_in(key, 1), step, loss), batch)
+
+
 def run_masks(search: Search, arch, masks, key, step):
   """The experts the step's forward passes run (``ArchOptimizer.run_masks``)."""
   return search.arch_opt.run_masks(arch, masks, key, step)
@@ -198,6 +210,7 @@ class StepFunctions(NamedTuple):
   weight_grads: Callable  # the weight step's: ``grads`` or one without g_u
   arch_grads: Callable  # the architecture step's: ``grads`` or one without g_params
   full_weights: Callable
+  perturbed_weights: Callable | None  # None: the weight step trains at full_weights
   run_masks: Callable | None  # None: the forward passes run the live experts
   weight_update: Callable
   arch_update: Callable
@@ -221,6 +234,8 @@ def step_functions(search: Search) -> StepFunctions:
       arch_grads=(jax.jit(loss_and_grads_fn(search.net, dtype, weight_grads=False))
                   if separate else grads),
       full_weights=jax.jit(bind(full_weights), static_argnums=3),
+      perturbed_weights=(jax.jit(bind(perturbed_weights), static_argnums=7)
+                         if search.arch_opt.perturb is not None else None),
       run_masks=(jax.jit(bind(run_masks)) if search.arch_opt.run_masks is not None else None),
       weight_update=jax.jit(bind(weight_update), donate_argnums=(0, 1), static_argnums=3),
       arch_update=jax.jit(bind(arch_update), donate_argnums=(0, 1)),
@@ -250,8 +265,10 @@ def weights_first_step(search: Search, fns: StepFunctions, state: PyTree, train_
   u_full = fns.full_weights(state["arch"], masks, k_arch, b, state["step"])
   run = _run_masks(fns, state["arch"], masks, k_arch, state["step"])
   x, y = fns.prepare(*train_data, train_idx, k_tr, True)
+  u_weights = u_full if fns.perturbed_weights is None else fns.perturbed_weights(
+      state["params"], state["batch_stats"], state["arch"], masks, x, y, k_arch, b, state["step"])
   loss, correct, g_params, _, new_stats = fns.weight_grads(
-      state["params"], state["batch_stats"], u_full, run, x, y, k_noise1)
+      state["params"], state["batch_stats"], u_weights, run, x, y, k_noise1)
   params, opt_state = fns.weight_update(state["params"], state["opt_state"], g_params, b)
   xv, yv = fns.prepare(*val_data, val_idx, k_val, True)
   vloss, vcorrect, gv_params, g_u, _ = fns.arch_grads(params, new_stats, u_full, run, xv, yv,
@@ -289,7 +306,9 @@ def arch_first_step(search: Search, fns: StepFunctions, state: PyTree, train_dat
   arch, arch_opt_state = fns.arch_update(state["arch"], state["arch_opt_state"], g_u, masks,
                                          k_arch, corr, state["step"])
   masks = live_masks(search, {"arch_opt_state": arch_opt_state})
-  u_train = fns.full_weights(arch, masks, k_arch2, b, state["step"])
+  u_train = (fns.full_weights(arch, masks, k_arch2, b, state["step"])
+             if fns.perturbed_weights is None else fns.perturbed_weights(
+                 state["params"], stats, arch, masks, x, y, k_arch2, b, state["step"]))
   loss, correct, g_params, _, new_stats = fns.weight_grads(
       state["params"], stats, u_train, _run_masks(fns, arch, masks, k_arch2, state["step"]),
       x, y, k_noise1)

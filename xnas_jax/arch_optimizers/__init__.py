@@ -34,6 +34,7 @@ from xnas_jax import arch as arch_lib
 from xnas_jax import config_checks
 from xnas_jax import edge_norm
 from xnas_jax import optim
+from xnas_jax import sdarts
 from xnas_jax.search_space import SearchSpace
 
 PyTree = Any
@@ -82,6 +83,10 @@ class ArchOptimizer(NamedTuple):
     init_params: ``(space, key) -> arch``, the initial parameters (None:
       ``arch.init_arch_params`` at ``init_scale``; ``edge_norm.wrap`` adds
       the edges' betas).
+    perturb: ``(u, masks, key, step, loss) -> u'``, the mixture weights the
+      weight step trains at instead of ``mixture``'s (None: the same);
+      ``loss(u)`` is the step's training batch's mean loss at the current
+      weights (SDARTS, ``xnas_jax.sdarts``).
     learning_rates, rewards_per_step, horizons, reward_bounds: per cell type,
       XNAS's eta, rounds per step, T and L (empty for the others); zeta its
       wipeout relaxation.
@@ -95,6 +100,7 @@ class ArchOptimizer(NamedTuple):
   warmup_epochs: int = 0
   run_masks: Callable[..., dict[str, jax.Array]] | None = None
   init_params: Callable[[SearchSpace, jax.Array], PyTree] | None = None
+  perturb: Callable[..., dict[str, jax.Array]] | None = None
   learning_rates: dict[str, float] = {}
   rewards_per_step: dict[str, int] = {}
   horizons: dict[str, int] = {}
@@ -138,8 +144,12 @@ def get(name: str):
   return importlib.import_module(f"{__name__}.{name}")
 
 
-# Keys every optimizer honours: ``warmup_epochs`` (None: the optimizer's own).
-COMMON_RULES = (("warmup_epochs", "optional_nonnegative_int"),)
+# Keys every optimizer honours: ``warmup_epochs`` (None: the optimizer's own),
+# and SDARTS's perturbation of the weight step's mixture (``xnas_jax.sdarts``):
+# ``perturb_mixture`` none | random | adversarial, its radius growing from
+# ``epsilon_min`` to ``epsilon``, ``pgd_steps`` ascent steps for adversarial.
+COMMON_RULES = (("warmup_epochs", "optional_nonnegative_int"), ("epsilon", "positive"),
+                ("epsilon_min", "nonnegative"), ("pgd_steps", "positive_int"))
 
 
 def validate(config: ml_collections.ConfigDict,
@@ -151,6 +161,17 @@ def validate(config: ml_collections.ConfigDict,
   config_checks.check(config, [(f"arch_optimizer.{k}", kind) for k, kind in rules], error)
   for key, choices in getattr(module, "CHOICES", ()):
     config_checks.check_choice(config, f"arch_optimizer.{key}", choices, error)
+  config_checks.check_choice(config, "arch_optimizer.perturb_mixture", sdarts.KINDS, error)
+  own, asked = getattr(module, "PERTURBATION", None), config.arch_optimizer.perturb_mixture
+  if own is not None and asked not in ("none", own):
+    raise error(f"arch_optimizer {config.arch_optimizer.name!r} perturbs the mixture "
+                f"{own!r}ly; perturb_mixture {asked!r} contradicts it")
+  if (own or asked) != "none" and getattr(module, "SAMPLES", False):
+    raise error(f"arch_optimizer {config.arch_optimizer.name!r} samples one expert per edge; "
+                f"perturb_mixture {own or asked!r} has no mixture to perturb")
+  if config.arch_optimizer.epsilon_min > config.arch_optimizer.epsilon:
+    raise error(f"arch_optimizer.epsilon_min {config.arch_optimizer.epsilon_min} is larger "
+                f"than arch_optimizer.epsilon {config.arch_optimizer.epsilon}")
   if config.arch_gradient not in module.HYPERGRADIENTS:
     raise error(f"arch_gradient {config.arch_gradient!r} is not available with arch_optimizer "
                 f"{config.arch_optimizer.name!r} ({' or '.join(module.HYPERGRADIENTS)} only)")
@@ -160,10 +181,17 @@ def build(config: ml_collections.ConfigDict, shape: SearchShape) -> ArchOptimize
   """The optimizer ``config.arch_optimizer.name`` for a search of ``shape``,
   with PC-DARTS's edge normalization around it where the config asks for it
   (``edge_norm.enabled``)."""
-  opt = get(config.arch_optimizer.name).build(config, shape)
-  warmup = config.arch_optimizer.get("warmup_epochs", None)
+  module = get(config.arch_optimizer.name)
+  opt = module.build(config, shape)
+  acfg = config.arch_optimizer
+  warmup = acfg.get("warmup_epochs", None)
   if warmup is not None:
     opt = opt._replace(warmup_epochs=int(warmup))
+  kind = getattr(module, "PERTURBATION", None) or acfg.get("perturb_mixture", "none")
+  if kind != "none":
+    opt = opt._replace(perturb=sdarts.perturbation(
+        kind, shape.steps_per_epoch, shape.epochs, acfg.get("epsilon", sdarts.EPS_MAX),
+        acfg.get("epsilon_min", sdarts.EPS_MIN), acfg.get("pgd_steps", sdarts.PGD_STEPS)))
   if edge_norm.enabled(config):
     opt = edge_norm.wrap(opt, shape.space, config.edge_norm_optimizer,
                          lambda space, key, opt=opt: init_params(opt, space, key))

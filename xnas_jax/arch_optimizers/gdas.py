@@ -38,6 +38,7 @@ TAU_MAX, TAU_MIN = 10.0, 0.1
 RULES = (("learning_rate", "optional_positive"), ("b1", "unit_open"), ("b2", "unit_open"),
          ("weight_decay", "nonnegative"))
 HYPERGRADIENTS = ("first_order",)
+SAMPLES = True  # one expert per edge: no mixture for SDARTS to perturb
 
 
 def temperature(step, steps_per_epoch: int, epochs: int, tau_max: float = TAU_MAX,

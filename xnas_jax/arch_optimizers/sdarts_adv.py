@@ -1,0 +1,14 @@
+"""SDARTS-ADV (Chen & Hsieh, ICML 2020): DARTS (``darts_adam``) whose weight
+step trains at the mixture perturbed adversarially, by ``pgd_steps`` steps of
+PGD on the training loss within an L-inf ball of radius growing from
+``epsilon_min`` to ``epsilon`` (``xnas_jax.sdarts``).  The same as
+``darts_adam`` with ``arch_optimizer.perturb_mixture = "adversarial"``; the
+name is the paper's."""
+from __future__ import annotations
+
+from xnas_jax.arch_optimizers import darts_adam
+
+PERTURBATION = "adversarial"
+RULES = darts_adam.RULES
+HYPERGRADIENTS = darts_adam.HYPERGRADIENTS
+build = darts_adam.build
