@@ -152,9 +152,8 @@ def _run(config, tmp_path, name):
 
 def test_searches_select_and_retrain(tmp_path):
   """One tiny search per path through the loop: XNAS with its wipeout and a
-  rebuild on 2 devices (magnitude selection, a picture); DARTS's Adam with perturbation
-  selection (operations only, none included); then the found cell
-  retrained in its TinyNetwork."""
+  rebuild on 2 devices (magnitude selection, a picture); SGAS with SDARTS-ADV
+  and perturbation selection; then the found cell retrained in its TinyNetwork."""
   c = tiny_config(space="nb201", op_set="nb201", num_cells=1, rebuild_wiped=True, figures=True,
                   num_devices=2)
   c.arch_optimizer.zeta = 1e-3
@@ -166,15 +165,25 @@ def test_searches_select_and_retrain(tmp_path):
   # the theory's rate for one cell type replicated 3N times over N = 5 experts
   assert s["arch_learning_rates"]["cell"] > 0
 
+  # SGAS deciding an edge at the end of each epoch, on SDARTS-ADV's perturbed
+  # weight steps, then perturbation selection of the edges left (operations
+  # only, none included); the decided edges stay as decided.
   c = tiny_config(space="nb201", op_set="nb201", num_cells=1, selection="perturbation")
-  c.arch_optimizer.name = "darts_adam"
+  c.arch_optimizer.name = "sgas"
+  c.arch_optimizer.perturb_mixture = "adversarial"
+  c.arch_optimizer.decision_start_epoch, c.arch_optimizer.decision_interval = 0, 1
   c.pt.tune_epochs = 1
   out = _run(c, tmp_path, "pt")
   with open(tmp_path / "pt" / "selection_log.json") as f:
     log = json.load(f)
   assert {e["phase"] for e in log} == {"operation"}  # no topology phase
-  assert all("none" in e["acc_without"] for e in log if e["acc_without"])
   assert len([e for e in log if e["chosen"]]) == 6
+  decided = [e for e in log if len(e["acc_without"]) == 1]  # SGAS's: one op left to run
+  assert len(decided) == c.epochs  # one decision an epoch
+  assert all("none" in e["acc_without"] for e in log if e not in decided)
+  for e in decided:
+    chosen = f"{e['chosen']}~{e['edge'][0]}"
+    assert chosen in out["genotype"].arch and chosen in out["summary"]["magnitude_genotype"]["arch"]
 
   e = retrain_config()
   result = retrain.train_and_evaluate(e, out["genotype"], str(tmp_path / "retrain"),

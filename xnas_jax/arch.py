@@ -43,12 +43,14 @@ def mixture_weights(arch: ArchParams, masks: dict[str, jax.Array]) -> dict[str, 
 
 
 def masked_softmax(a: jax.Array, mask: jax.Array) -> jax.Array:
-  """Softmax over the last axis where ``mask``; exactly 0 elsewhere, and no
-  ``-inf`` or ``nan`` in the gradient (the double ``where``)."""
+  """Softmax over the last axis where ``mask``; exactly 0 elsewhere (all 0
+  where no expert is live), and no ``-inf`` or ``nan`` in the gradient (the
+  double ``where``)."""
   safe = jnp.where(mask, a, 0.0)
   shifted = safe - jnp.max(jnp.where(mask, safe, -jnp.inf), axis=-1, keepdims=True)
   e = jnp.where(mask, jnp.exp(jnp.where(mask, shifted, 0.0)), 0.0)
-  return e / jnp.sum(e, axis=-1, keepdims=True)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  return e / jnp.where(total > 0, total, 1.0)  # an edge with no live expert (SGAS's pruned): 0
 
 
 def normalized_entropy(u: jax.Array, eps: float = 1e-12) -> jax.Array:

@@ -25,6 +25,10 @@ def xnas_arch_optimizer() -> ml_collections.ConfigDict:
       # step trains at the mixture perturbed by "random" noise or by PGD
       # ("adversarial"), of radius epsilon_min -> epsilon over the epochs.
       "perturb_mixture": "none", "epsilon": 0.3, "epsilon_min": 0.03, "pgd_steps": 7,
+      # sgas (xnas_jax.sgas): one edge decided per cell type at the end of
+      # epoch decision_start_epoch and every decision_interval epochs after
+      # it (0-based); criterion 1, or 2 with history_size epochs of stability.
+      "decision_start_epoch": 9, "decision_interval": 5, "sgas_criterion": 1, "history_size": 4,
   })
 
 

@@ -6,7 +6,11 @@ Each optimizer is one module of this package with
   (``config_checks`` rules, keys relative to ``arch_optimizer``), and
   optionally ``CHOICES``: ``(key, allowed names)`` pairs;
 * ``HYPERGRADIENTS``: the ``config.arch_gradient`` estimators it accepts;
-* ``build(config, shape) -> ArchOptimizer``.
+* ``build(config, shape) -> ArchOptimizer``;
+* optionally ``check(config, error)``: refuses, in one line, options it
+  cannot work with; ``PERTURBATION``: the SDARTS perturbation it always
+  applies (an alias such as ``sdarts_rs``); ``SAMPLES``: True if it samples
+  one expert per edge (no mixture for SDARTS to perturb).
 
 An optimizer defined outside the package (a notebook, a user's own module)
 joins the registry with ``register(name, build, ...)`` and is then chosen
@@ -161,6 +165,8 @@ def validate(config: ml_collections.ConfigDict,
   config_checks.check(config, [(f"arch_optimizer.{k}", kind) for k, kind in rules], error)
   for key, choices in getattr(module, "CHOICES", ()):
     config_checks.check_choice(config, f"arch_optimizer.{key}", choices, error)
+  if hasattr(module, "check"):  # what only the optimizer itself can judge
+    module.check(config, error)
   config_checks.check_choice(config, "arch_optimizer.perturb_mixture", sdarts.KINDS, error)
   own, asked = getattr(module, "PERTURBATION", None), config.arch_optimizer.perturb_mixture
   if own is not None and asked not in ("none", own):
