@@ -82,7 +82,8 @@ def test_the_rules_cover_every_key_of_the_defaults():
              "depthwise_impl",
              "arch_grads_program",
              "arch_gradient", "selection", "hypergrad.solver", "arch_optimizer.name",
-             "arch_optimizer.reg_type", "pt.schedule", "budget.metric"}
+             "arch_optimizer.reg_type", "arch_optimizer.perturb_mixture",
+             "arch_optimizer.sgas_criterion", "pt.schedule", "budget.metric"}
   ruled = {k.partition("@")[0] for k, _ in _search_rules()} | choices
   flat = config_checks_keys(config_defaults.base_config())
   assert flat - ruled == set()

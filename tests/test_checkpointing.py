@@ -58,6 +58,33 @@ def test_pack_and_unpack_are_inverse_bit_for_bit():
     checkpointing.unpack(buffers, _abstract(dict(state, w=jnp.zeros((3, 3)))))
 
 
+def _resident_mib():
+  with open("/proc/self/status") as f:
+    return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+
+
+def test_a_checkpoint_holds_one_array_per_dtype_and_saves_keep_no_memory(tmp_path):
+  """Orbax keeps part of every array's save in the process (about 1.8 kB an
+  array a save, measured), and a supernet's state has thousands of arrays:
+  the state is saved as one buffer per dtype.  Repeated saves of a
+  2000-array state then leave the resident set where it was (it grew by
+  ~4 MiB a save, 80 over these 20, with one array per leaf)."""
+  state = {f"w{i}": jnp.full((50,), float(i)) for i in range(1900)}
+  state.update({f"n{i}": jnp.arange(3, dtype=jnp.int32) for i in range(100)})
+  mngr = checkpointing.manager(str(tmp_path), max_to_keep=1)
+  checkpointing.save(mngr, 1, state)
+  with open(tmp_path / "1" / "packed" / "_METADATA") as f:
+    assert sorted(json.load(f)["tree_metadata"]) == ["('float32',)", "('int32',)"]
+  for step in range(2, 6):  # warm-up: orbax's first saves allocate what it keeps
+    checkpointing.save(mngr, step, state)
+  before = _resident_mib()
+  for step in range(6, 26):
+    checkpointing.save(mngr, step, state)
+  grown = _resident_mib() - before
+  mngr.close()
+  assert grown < 20, f"{grown:.1f} MiB over 20 saves"
+
+
 def test_a_checkpoint_of_the_earlier_layout_restores(tmp_path):
   """Before packing, checkpoints held the arrays one by one as ``state``."""
   state = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.int32(3)}

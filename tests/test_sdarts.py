@@ -95,3 +95,31 @@ def test_pgd_keeps_the_unperturbed_point_when_the_attack_lowers_the_loss():
   peak = lambda u: -jnp.sum((u["normal"] - u0) ** 2)  # highest at u0: every step away lowers it
   out = sdarts.pgd_perturbation({"normal": u0}, masks, jax.random.key(0), 0.2, peak)
   np.testing.assert_array_equal(out["normal"], u0)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"name": "darts_adam", "epsilon": 0.0}, "arch_optimizer.epsilon"),
+    ({"name": "darts_adam", "epsilon": -0.1}, "arch_optimizer.epsilon"),
+    ({"name": "sdarts_adv", "pgd_steps": 0}, "arch_optimizer.pgd_steps"),
+    ({"name": "sdarts_rs", "epsilon_min": 0.5}, "epsilon_min 0.5 is larger than"),
+    ({"name": "sdarts_rs", "perturb_mixture": "adversarial"}, "contradicts"),
+    ({"name": "gdas", "perturb_mixture": "random"}, "samples one expert per edge"),
+    ({"name": "darts_adam", "perturb_mixture": "gaussian"}, "perturb_mixture"),
+    ({"name": "sgas", "sgas_criterion": 3}, "sgas_criterion"),
+])
+def test_bad_sdarts_and_sgas_options_are_one_line(changes, message):
+  from xnas_jax import config_defaults, train  # pylint: disable=import-outside-toplevel
+  c = config_defaults.base_config()
+  for k, v in changes.items():
+    c.arch_optimizer[k] = v
+  with pytest.raises(train.ConfigError, match=message) as e:
+    train.validate_config(c)
+  assert "\n" not in str(e.value)
+
+
+def test_sgas_refuses_partial_channels():
+  from xnas_jax import config_defaults, train  # pylint: disable=import-outside-toplevel
+  c = config_defaults.base_config()
+  c.arch_optimizer.name, c.partial_channels = "sgas", 4
+  with pytest.raises(train.ConfigError, match="cannot use PC-DARTS's edge normalization"):
+    train.validate_config(c)
