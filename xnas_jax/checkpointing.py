@@ -13,30 +13,21 @@ and still restore.
 Beside ``<dir>`` (the checkpoints), ``<dir>/../checkpoint_sums/<step>.json``
 records the size and CRC-32 of every file of a finished checkpoint
 (``file_sums``).  A restore checks them first: a damaged checkpoint is then
-found before orbax reads it.  Orbax's reads are asynchronous, and when one
-of them fails, the others complete into a closed event loop and print a
-traceback each, a different number every time.  Failed writes (a full disk)
-do the same, so ``save`` first refuses a state larger than the free space,
-and both calls hold the process's stderr (``stderr_held``) while orbax runs,
-giving it back as it was when they succeed and dropping it when they fail:
-the failure is then reported in one line.
+found before orbax reads it, the same way every time (a failing orbax read
+prints a varying number of tracebacks, ``orbax_quiet``).  ``save`` refuses
+a state larger than the free space before writing, and reports any write
+that fails in one line (``CheckpointWriteFailed``).
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import gc
 import glob
 import json
-import logging
 import os
 import shutil
 import sys
-import tempfile
-import time
-import traceback
 import zlib
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from xnas_jax import host_memory
+from xnas_jax import orbax_quiet
 
 PyTree = Any
 
@@ -62,105 +54,6 @@ def latest_epoch(mngr: ocp.CheckpointManager) -> int:
 class CheckpointWriteFailed(RuntimeError):
   """A checkpoint could not be written (one line: the directory and the cause).
   The checkpoints written before it are kept and the partial one is removed."""
-
-
-class _Held:
-  keep = True  # False: the text is dropped
-
-
-@contextlib.contextmanager
-def stderr_held(settle_s: float = 0.3, at_most_s: float = 5.0) -> Iterator[_Held]:
-  """Sends what the process writes to its stderr (file descriptor 2, so C++
-  threads' output too) to a temporary file inside the block.  At the end of
-  the block the text is written to stderr as it came, unless the block set
-  ``keep = False`` on what it was given or raised: then the text is dropped
-  once it has stopped growing for ``settle_s`` (at most ``at_most_s``),
-  since orbax's threads are still reporting into it."""
-  sys.stderr.flush()
-  saved, held = os.dup(2), _Held()
-  with tempfile.TemporaryFile() as f:
-    os.dup2(f.fileno(), 2)
-    try:
-      yield held
-    except BaseException:
-      held.keep = False
-      raise
-    finally:
-      sys.stderr.flush()
-      if held.keep:
-        f.seek(0)
-        if text := f.read():
-          os.write(saved, text)
-      else:
-        deadline, size = time.monotonic() + at_most_s, -1
-        while time.monotonic() < deadline and size != os.fstat(f.fileno()).st_size:
-          size = os.fstat(f.fileno()).st_size
-          time.sleep(settle_s)
-      os.dup2(saved, 2)
-      os.close(saved)
-
-
-class Failure(NamedTuple):
-  """What a call raised: the exception's type name and text."""
-  kind: str
-  text: str
-
-
-def _quietly(fn: Callable[[], Any], path: str) -> tuple[Any, Failure | None]:
-  """``(fn(), None)``, or ``(None, what it raised)`` with what orbax printed
-  meanwhile dropped (``path``: the checkpoint it reads or writes).  The exception itself is dropped and the garbage
-  collected before stderr is given back: the coroutines its frames held
-  report into the held text, not after it."""
-  with stderr_held() as held:
-    try:
-      return fn(), None
-    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore, json, OS errors)
-      failure = Failure(type(e).__name__, str(e) if not isinstance(e, OSError) or not e.strerror
-                        else f"[Errno {e.errno}] {e.strerror}")
-    _ignore_orbax_leftovers(path)
-    gc.collect()
-    held.keep = False
-    return None, failure
-
-
-def _ignore_orbax_leftovers(path: str) -> None:
-  """After a failed read, orbax's other reads of the same checkpoint stay
-  referenced by its closed event loop and are collected at a random later
-  time, each reported as "Exception ignored in: <coroutine ...>" or, where
-  tensorstore completes a read into the closed loop, "Event loop is closed"
-  (both through ``sys.unraisablehook``), or as "Task (or Future) exception was never
-  retrieved" (through the ``asyncio`` logger).  This installs, once, a hook
-  and a log filter that drop exactly those reports: of orbax's coroutines,
-  of closed event loops, and of futures whose error was raised in orbax or names ``path`` (the
-  checkpoint that failed); every other report passes as before."""
-  _FAILED_PATHS.add(os.path.abspath(path))
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_orbax_coroutines", False):
-    return
-
-  def hook(unraisable):
-    code = getattr(unraisable.object, "cr_code", None)
-    late = (isinstance(unraisable.exc_value, RuntimeError)  # a read done after its loop closed
-            and str(unraisable.exc_value) == "Event loop is closed")
-    if not late and (code is None or _ORBAX not in code.co_filename):
-      previous(unraisable)
-
-  hook.drops_orbax_coroutines = True
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(
-      lambda record: not ("exception was never retrieved" in str(record.msg)
-                          and (_from_orbax(record.exc_info)
-                               or any(p in record.getMessage() for p in (_ORBAX, *_FAILED_PATHS)))))
-
-
-_ORBAX = f"{os.sep}orbax{os.sep}"
-_FAILED_PATHS: set[str] = set()
-
-
-def _from_orbax(exc_info) -> bool:
-  """Whether a logged exception was raised in orbax's code."""
-  tb = exc_info[2] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
-  return any(_ORBAX in frame.filename for frame in traceback.extract_tb(tb)) if tb else False
 
 
 def _sums_path(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -271,26 +164,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
                                             meta=ocp.args.JsonSave(meta or {})))
     mngr.wait_until_finished()
 
-  _, e = _quietly(write, os.path.join(directory, str(step)))
+  _, e = orbax_quiet.call(write, os.path.join(directory, str(step)))
   if e is not None:
     for partial in glob.glob(os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")):
       shutil.rmtree(partial, ignore_errors=True)
     raise CheckpointWriteFailed(
-        f"cannot write checkpoint {step} in {directory}: {_os_reason(e)}{kept}") from None
+        f"cannot write checkpoint {step} in {directory}: {orbax_quiet.os_reason(e)}{kept}") from None
   _record_sums(mngr, step)
   host_memory.release()  # the write's freed C heap (tensorstore's buffers) back to the system
-
-
-def _os_reason(failure: Failure) -> str:
-  """The cause of a failed write in a few words: the OS's message where the
-  error carries one (tensorstore's ``[os_error_code=28]``, Python's
-  ``[Errno 28]``), else its first line."""
-  for marker, end in (("os_error_code=", "]"), ("[Errno ", "]")):
-    if marker in failure.text:
-      code = failure.text.split(marker)[1].split(end)[0].strip("'\"")
-      if code.isdigit():
-        return os.strerror(int(code))
-  return f"{failure.kind}: {(failure.text.strip().splitlines() or [''])[0][:200]}"
 
 
 def _record_sums(mngr: ocp.CheckpointManager, step: int) -> None:
@@ -354,7 +235,7 @@ def restore_newest(mngr: ocp.CheckpointManager,
           PACKED: ocp.args.StandardRestore(packed_shapes(abstract))}))[PACKED]
       return meta, unpack(buffers, abstract)
 
-    restored, e = _quietly(read, os.path.join(str(mngr.directory), str(step)))
+    restored, e = orbax_quiet.call(read, os.path.join(str(mngr.directory), str(step)))
     if e is not None:
       reason = (e.text.strip().splitlines() or [e.kind])[0].split(" See full TensorStore")[0][:200]
       damaged.append(f"checkpoint {step} in {mngr.directory} cannot be restored "
