@@ -53,8 +53,8 @@ class SGASState(NamedTuple):
   count: jax.Array  # architecture steps taken
   mask: PyTree  # {cell type: [E, N] bool}: the experts still live
   decided: PyTree  # {cell type: [E] int32}: UNDECIDED, PRUNED or the op chosen
-  history: PyTree  # {cell type: [H, E, N]}: the last H epochs' non-none weights p
-  filled: jax.Array  # epochs held in ``history`` (at most H)
+  history: PyTree  # {cell type: [H, E, N]}: the last H epochs' non-none weights p, epoch
+  # e in slot e % H (the mean over them does not depend on their order)
 
 
 def normalize(v: jax.Array) -> jax.Array:
@@ -87,7 +87,12 @@ def scores(a: jax.Array, available: jax.Array, none: int | None, criterion: int 
            history: jax.Array | None = None, filled: jax.Array | None = None) -> jax.Array:
   """Criterion 1's (or 2's) score of every edge (decided ones too: the
   release normalizes over all the edges)."""
-  importance, p, certainty = edge_stats(a, available, none)
+  return score_of(*edge_stats(a, available, none), criterion, history, filled)
+
+
+def score_of(importance: jax.Array, p: jax.Array, certainty: jax.Array, criterion: int = 1,
+             history: jax.Array | None = None, filled: jax.Array | None = None) -> jax.Array:
+  """``scores`` from ``edge_stats``'s results."""
   score = normalize(importance) * normalize(certainty)
   if criterion == 2:
     score = score * normalize(stability(history, filled, p))
@@ -136,8 +141,7 @@ def decisions(space: SearchSpace, available: dict[str, np.ndarray], steps_per_ep
         count=jnp.zeros([], jnp.int32),
         mask={t: jnp.array(available[t], bool) for t in types},
         decided={t: jnp.full(params[t].shape[:1], UNDECIDED, jnp.int32) for t in types},
-        history={t: jnp.zeros((history_size,) + params[t].shape, params[t].dtype) for t in types},
-        filled=jnp.zeros([], jnp.int32))
+        history={t: jnp.zeros((history_size,) + params[t].shape, params[t].dtype) for t in types})
 
   def update(updates, state, params=None):
     if params is None:
@@ -150,20 +154,17 @@ def decisions(space: SearchSpace, available: dict[str, np.ndarray], steps_per_ep
     epoch = state.count // steps_per_epoch
     due = epoch_end & (epoch >= start) & ((epoch - start) % interval == 0)
     decided, history = {}, {}
+    filled = jnp.minimum(epoch, history_size)  # the epochs before this one held in history
     for t in types:
-      avail = jnp.asarray(available[t])
-      _, p, _ = edge_stats(new_params[t], avail, none)
-      score = scores(new_params[t], avail, none, criterion, state.history[t], state.filled)
+      stats = edge_stats(new_params[t], jnp.asarray(available[t]), none)
+      score = score_of(*stats, criterion, state.history[t], filled)
       now = due & jnp.any(open_[t])
-      decided[t] = jnp.where(now, decide(score, p, state.decided[t], incoming, space.kept_per_node),
-                             state.decided[t])
-      pushed = jnp.concatenate([state.history[t][1:], p[None]]) if history_size > 1 else p[None]
-      ordered = jnp.where(state.filled < history_size,
-                          state.history[t].at[jnp.minimum(state.filled, history_size - 1)].set(p),
-                          pushed)
-      history[t] = jnp.where(epoch_end, ordered, state.history[t])
-    filled = jnp.where(epoch_end, jnp.minimum(state.filled + 1, history_size), state.filled)
+      decided[t] = jnp.where(
+          now, decide(score, stats[1], state.decided[t], incoming, space.kept_per_node),
+          state.decided[t])
+      history[t] = jnp.where(epoch_end, state.history[t].at[epoch % history_size].set(stats[1]),
+                             state.history[t])
     mask = {t: live(decided[t], jnp.asarray(available[t])) for t in types}
-    return updates, SGASState(count, mask, decided, history, filled)
+    return updates, SGASState(count, mask, decided, history)
 
   return optax.GradientTransformation(init, update)
