@@ -5,6 +5,9 @@ For each supernet, one ``num_seeds``-seed search on digits in the DARTS space
 (the seeds vmapped in one program) with ``selection = "perturbation"``; each
 seed gives a magnitude genotype and a DARTS-PT genotype, and each genotype is
 retrained on digits with the retraining seed equal to the search seed.
+SGAS decides its edges during the search, so its two rows are two searches:
+``sgas`` (selection by magnitude, each edge's op by its weight) and
+``sgas_pt`` (SGAS+PT: each edge's op by perturbation when SGAS decides it).
 Prints, per supernet and selection: ``skip_connect`` edges chosen (of 16),
 the retrained test accuracy (mean and spread over seeds) and the time of
 the search with its selection.  SGAS decides its 8 edges of each cell type
@@ -28,16 +31,19 @@ import numpy as np
 from xnas_jax import config_defaults, retrain, train
 from xnas_jax.genotype import Genotype
 
-SUPERNETS = ("darts_adam", "sdarts_rs", "sdarts_adv", "sgas")
+SUPERNETS = ("darts_adam", "sdarts_rs", "sdarts_adv", "sgas", "sgas_pt")
+# The selections a supernet's row reports: SGAS's ops are chosen during the
+# search, so each of its searches gives one of the two rows.
+ROWS = {"sgas": ("magnitude",), "sgas_pt": ("perturbation",)}
 
 
 def search_config(name: str, args):
   c = config_defaults.base_config()
   c.op_set, c.epochs, c.seed, c.num_seeds = "darts", args.epochs, args.seeds[0], len(args.seeds)
   c.channels, c.num_cells, c.num_devices = args.channels, args.cells, 1
-  c.selection = "perturbation"
+  c.selection = "magnitude" if ROWS.get(name) == ("magnitude",) else "perturbation"
   c.pt.tune_epochs = args.tune_epochs
-  c.arch_optimizer.name = name
+  c.arch_optimizer.name = "sgas" if name == "sgas_pt" else name
   c.arch_optimizer.learning_rate = args.arch_lr
   c.arch_optimizer.decision_start_epoch, c.arch_optimizer.decision_interval = 1, 1
   c.figures = False
@@ -85,8 +91,10 @@ def main():
     seeds = []
     for summary in out["summaries"]:
       entry = {"seed": summary["seed"], "supernet_val_acc": summary["val_acc"]}
-      for sel, g in (("magnitude", summary["magnitude_genotype"]),
-                     ("perturbation", summary["genotype"])):
+      found = {"magnitude": summary.get("magnitude_genotype", summary["genotype"]),
+               "perturbation": summary["genotype"]}
+      for sel in ROWS.get(name, ("magnitude", "perturbation")):
+        g = found[sel]
         genotype = Genotype.from_dict(g)
         key = json.dumps([g, summary["seed"]])
         if key not in retrained:
@@ -108,8 +116,8 @@ def main():
 def table(results) -> str:
   rows = ["| supernet | selection | skip_connect (of 16) per seed | "
           "retrained test acc (mean ± std) | search + PT (s) |", "|---|---|---|---|---|"]
-  for r in results.values():
-    for sel in ("magnitude", "perturbation"):
+  for name, r in results.items():
+    for sel in ROWS.get(name, ("magnitude", "perturbation")):
       skips = [s[sel]["skip_connect"] for s in r["seeds"]]
       acc = np.array([s[sel]["test_acc"] for s in r["seeds"]])
       rows.append(f"| {r['supernet']} | {sel} | {' / '.join(map(str, skips))} | "

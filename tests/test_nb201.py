@@ -165,31 +165,63 @@ def test_searches_select_and_retrain(tmp_path):
   # the theory's rate for one cell type replicated 3N times over N = 5 experts
   assert s["arch_learning_rates"]["cell"] > 0
 
-  # SGAS deciding an edge at the end of each epoch, on SDARTS-ADV's perturbed
-  # weight steps, then perturbation selection of the edges left (operations
-  # only, none included); the decided edges stay as decided.
+  # SGAS+PT: SGAS decides an edge at the end of each epoch (on SDARTS-ADV's
+  # perturbed weight steps) and perturbation its op, then perturbation
+  # selection chooses the ops of the edges left (none included: NB201 keeps
+  # every edge); the decided edges stay as decided.
   c = tiny_config(space="nb201", op_set="nb201", num_cells=1, selection="perturbation")
   c.arch_optimizer.name = "sgas"
   c.arch_optimizer.perturb_mixture = "adversarial"
   c.arch_optimizer.decision_start_epoch, c.arch_optimizer.decision_interval = 0, 1
   c.pt.tune_epochs = 1
   out = _run(c, tmp_path, "pt")
+  with open(tmp_path / "pt" / "metrics.jsonl") as f:
+    epochs = [json.loads(line) for line in f]
+  made = [d for m in epochs for d in m["op_decisions"]]
+  assert [len(m["op_decisions"]) for m in epochs] == [1] * c.epochs  # one decision an epoch
+  for d in made:  # each decided edge's op: the one whose removal hurt most
+    assert set(d["acc_without"]) == set(nb201.OPS)
+    assert d["chosen"] == min(d["acc_without"], key=d["acc_without"].get)
+    assert f"{d['chosen']}~{d['edge'][0]}" in out["genotype"].arch
   with open(tmp_path / "pt" / "selection_log.json") as f:
     log = json.load(f)
   assert {e["phase"] for e in log} == {"operation"}  # no topology phase
   assert len([e for e in log if e["chosen"]]) == 6
   decided = [e for e in log if len(e["acc_without"]) == 1]  # SGAS's: one op left to run
-  assert len(decided) == c.epochs  # one decision an epoch
+  assert [e["edge"] for e in decided] != [] and len(decided) == c.epochs
+  assert sorted(e["edge"] for e in decided) == sorted(d["edge"] for d in made)
   assert all("none" in e["acc_without"] for e in log if e not in decided)
-  for e in decided:
-    chosen = f"{e['chosen']}~{e['edge'][0]}"
-    assert chosen in out["genotype"].arch and chosen in out["summary"]["magnitude_genotype"]["arch"]
+  _check_choose_op(c, out["state"], [e for e in range(6)
+                                     if list(nb201.make_space().edges[e]) not in
+                                     [d["edge"] for d in made]][0])
 
   e = retrain_config()
   result = retrain.train_and_evaluate(e, out["genotype"], str(tmp_path / "retrain"),
                                       progress=False)
   assert 0.0 <= result["summary"]["test_acc"] <= 1.0
   assert result["summary"]["genotype"] == {"arch": out["genotype"].arch}
+
+
+def _check_choose_op(config, state, edge):
+  """``perturbation.choose_op``'s accuracies against a loop over the
+  validation batches of the supernet with one expert's weight zeroed."""
+  from xnas_jax import perturbation, search_setup, search_steps  # pylint: disable=import-outside-toplevel
+  search = search_setup.build_search(config)
+  fns = search_steps.step_functions(search)
+  op, accs = perturbation.choose_op(search, state, fns, "cell", edge)
+  masks = search_setup.live_masks(search, state)
+  u = search.mixture(state["arch"], masks)
+  d, b = search.data, config.batch_size
+  for o, name in enumerate(search.net.space.ops):
+    u_o = {"cell": u["cell"].at[edge, o].set(0.0)}
+    correct = 0
+    for i in range(len(d.val) // b):
+      x = (jnp.asarray(d.val.images[i * b:(i + 1) * b]) - d.mean) / d.std
+      logits, _ = search.net.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
+                                   x, u_o, masks, train=True, rng=jax.random.key(0))
+      correct += int(np.sum(np.argmax(logits, -1) == d.val.labels[i * b:(i + 1) * b]))
+    assert accs[name] == pytest.approx(correct / (len(d.val) // b * b), abs=1e-6)
+  assert search.net.space.ops[op] == min(accs, key=accs.get)
 
 
 def retrain_config():

@@ -125,3 +125,39 @@ def test_decisions_as_optimizer_state_freeze_prune_and_survive_a_checkpoint(tmp_
   mngr.close()
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_pending_edge_prunes_its_node_and_settles_to_the_op_given():
+  """Without ``choose_op`` SGAS picks the edge (the same one) but leaves its
+  op ``PENDING``: the edge keeps running every expert and counts toward its
+  node's two, and ``settle`` gives it the op from outside (SGAS+PT)."""
+  avail = {t: SPACE.available_mask(t) for t in SPACE.cell_types}
+  # Edges 2 and 3 (two of node 3's inputs 2, 3, 4) sure of op 5: decided first.
+  params = {t: jax.random.normal(jax.random.key(i), (SPACE.num_edges, SPACE.num_ops))
+            .at[2:4, 5].add(6.0) for i, t in enumerate(SPACE.cell_types)}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  states = {}
+  for choose in (True, False):
+    tx = optax.chain(optax.sgd(0.1), sgas.decisions(SPACE, avail, steps_per_epoch=1, start=0,
+                                                    interval=1, choose_op=choose))
+    state = tx.init(params)
+    for _ in range(2):
+      _, state = tx.update(grads, state, params)
+      if not choose:
+        pend = sgas.pending(state)
+        assert all(len(v) == 1 for v in pend.values())
+        for t, (e,) in pend.items():
+          assert np.asarray(state[1].mask[t])[e].tolist() == avail[t][e].tolist()  # runs all
+          state = sgas.settle(state, t, e, 3)
+    states[choose] = state
+  for t in SPACE.cell_types:
+    by_sgas, by_caller = np.asarray(states[True][1].decided[t]), np.asarray(states[False][1].decided[t])
+    np.testing.assert_array_equal(by_sgas >= 0, by_caller >= 0)  # the same edges decided
+    np.testing.assert_array_equal(by_sgas == sgas.PRUNED, by_caller == sgas.PRUNED)
+    assert set(by_caller[by_caller >= 0]) == {3} and set(by_sgas[by_sgas >= 0]) == {5}
+    assert by_caller[4] == sgas.PRUNED  # node 3 has its two
+    mask = np.asarray(states[False][1].mask[t])
+    assert (mask[by_caller >= 0] == np.eye(SPACE.num_ops, dtype=bool)[3]).all()
+  assert sgas.pending(states[False]) == {t: [] for t in SPACE.cell_types}
+  with pytest.raises(ValueError, match="not pending"):
+    sgas.settle(states[False], SPACE.cell_types[0], int(np.flatnonzero(by_caller >= 0)[0]), 2)

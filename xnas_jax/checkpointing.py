@@ -17,6 +17,10 @@ found before orbax reads it, the same way every time (a failing orbax read
 prints a varying number of tracebacks, ``orbax_quiet``).  ``save`` refuses
 a state larger than the free space before writing, and reports any write
 that fails in one line (``CheckpointWriteFailed``).
+
+In a job of several processes every process saves and restores (orbax
+writes the arrays once), and process 0 alone writes the sums, the config
+record and moves a damaged checkpoint aside, between barriers.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from xnas_jax import distributed
 from xnas_jax import host_memory
 from xnas_jax import orbax_quiet
 
@@ -170,7 +175,9 @@ def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
       shutil.rmtree(partial, ignore_errors=True)
     raise CheckpointWriteFailed(
         f"cannot write checkpoint {step} in {directory}: {orbax_quiet.os_reason(e)}{kept}") from None
-  _record_sums(mngr, step)
+  if distributed.is_primary():
+    _record_sums(mngr, step)
+  distributed.barrier(f"checkpoint_sums_{step}")  # a restore after this sees them
   host_memory.release()  # the write's freed C heap (tensorstore's buffers) back to the system
 
 
@@ -252,6 +259,16 @@ def restore_newest(mngr: ocp.CheckpointManager,
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+  """Moves checkpoint ``step`` and its sums to ``damaged_checkpoints`` (process
+  0; every process of a job has found it damaged and waits for the move)."""
+  distributed.barrier(f"set_aside_{step}_checked")
+  if distributed.is_primary():
+    _move_aside(mngr, step)
+  distributed.barrier(f"set_aside_{step}_moved")
+  mngr.reload()
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int) -> None:
   directory = str(mngr.directory)
   aside = os.path.join(os.path.dirname(directory), "damaged_checkpoints")
   os.makedirs(aside, exist_ok=True)
@@ -264,7 +281,6 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
   sums = _sums_path(mngr, step)
   if os.path.exists(sums):
     shutil.move(sums, os.path.join(aside, f"{step}.sums.json"))
-  mngr.reload()
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -308,8 +324,9 @@ def check_config(workdir: str, config: dict[str, Any], resuming: bool,
                 f"{recorded.get(key, '<absent>')!r}, now {now.get(key, '<absent>')!r} "
                 "(use a new --workdir)")
     return None
-  with open(path, "w") as f:
-    json.dump(config, f, indent=1, sort_keys=True)
+  if distributed.is_primary():
+    with open(path, "w") as f:
+      json.dump(config, f, indent=1, sort_keys=True)
   return None
 
 

@@ -1,5 +1,5 @@
 """What the command-line programs share: flag parsing with one-line errors,
-the XLA cache, the progress bar."""
+the XLA cache, the progress bar, joining a job of several processes."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,8 @@ import sys
 from typing import Iterable, Sequence
 
 import jax
+
+from xnas_jax import distributed
 
 
 def fail(program: str, message: str, status: int = 2) -> None:
@@ -81,3 +83,48 @@ def progress(it: Iterable, enabled: bool, desc: str) -> Iterable:
   except ImportError:
     return it
   return tqdm.tqdm(it, desc=desc, unit="epoch")
+
+
+class ProcessFlags:
+  """The flags that join a program to a job of several processes
+  (``xnas_jax.distributed``); defined once per program, at import."""
+
+  def __init__(self):
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    self.coordinator_address = flags.DEFINE_string(
+        "coordinator_address", None, "HOST:PORT of process 0, for a job of several processes.")
+    self.num_processes = flags.DEFINE_integer("num_processes", None,
+                                              "Processes in the job (with --coordinator_address).")
+    self.process_id = flags.DEFINE_integer("process_id", None,
+                                           "This process's index, 0..num_processes-1.")
+    self.timeout = flags.DEFINE_integer(
+        "distributed_timeout", 300, "Seconds to wait for the other processes to join, and "
+        "without a heartbeat before a process counts as gone.")
+
+  def start(self, program: str, workdir: str) -> int:
+    """Joins the job the flags (or the cluster's environment) describe; a bad
+    flag or a coordinator that cannot be reached exits 2 with one line.  In
+    a job, the runtime's own output goes to ``workdir/logs/process_<i>.log``
+    (``distributed.runtime_output_to``)."""
+    address, n, i = (self.coordinator_address.value, self.num_processes.value,
+                     self.process_id.value)
+    problem = distributed.check_flags(address, n, i)
+    if problem:
+      fail(program, problem)
+    if (n or distributed.cluster_size()) > 1:
+      name = f"process_{i}.log" if i is not None else distributed.log_name()
+      distributed.runtime_output_to(os.path.join(workdir, "logs", name))
+    try:
+      return distributed.start(address, n, i, self.timeout.value)
+    except distributed.StartFailed as e:
+      fail(program, str(e))
+    return 1
+
+
+def fail_if_peer_lost(program: str, e: BaseException) -> None:
+  """In a job of several processes, an error that says another process
+  stopped ends this one at once with one line (status 1); otherwise returns."""
+  line = distributed.peer_lost(e)
+  if line:
+    print(f"{program}: error: {line}", file=sys.stderr)
+    distributed.exit_now(1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -41,23 +41,30 @@ class Stopped(Exception):
 
 
 class Catcher:
-  """The signal received (None: none yet)."""
+  """The signal received (None: none yet).  With ``agree`` (a function that
+  tells whether a flag is true in any process of a job), the processes stop
+  together: ``check`` asks them all, and is skipped between steps."""
 
-  def __init__(self):
+  def __init__(self, agree: Callable[[bool], bool] | None = None):
     self.signum: int | None = None
+    self.agree = agree
 
-  def check(self) -> None:
-    """Raises ``Interrupted`` once a signal has arrived."""
-    if self.signum is not None:
-      raise Interrupted(self.signum)
+  def check(self, step: bool = False) -> None:
+    """Raises ``Interrupted`` once a signal has arrived (in any process, with
+    ``agree``); ``step``: a check between steps, which ``agree`` skips."""
+    if self.agree is None:
+      if self.signum is not None:
+        raise Interrupted(self.signum)
+    elif not step and self.agree(self.signum is not None):
+      raise Interrupted(self.signum or signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def catch() -> Iterator[Catcher]:
+def catch(agree: Callable[[bool], bool] | None = None) -> Iterator[Catcher]:
   """Records SIGTERM and SIGINT instead of dying of them, inside the block
   (in the main thread only: elsewhere Python cannot install handlers, and
   the block runs with the default behaviour)."""
-  catcher = Catcher()
+  catcher = Catcher(agree)
   if threading.current_thread() is not threading.main_thread():
     yield catcher
     return

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from xnas_jax import checkpointing
 from xnas_jax import cli
+from xnas_jax import distributed
 from xnas_jax import input_pipeline
 from xnas_jax import train
 
@@ -21,6 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Search configuration 
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, genotype.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+_PROCESSES = cli.ProcessFlags()
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -32,8 +34,9 @@ def run(argv: list[str] | None = None) -> None:
   config = cli.load_config("xnas-search", _CONFIG, flags.FLAGS["config"].serialize().split("=", 1)[-1])
   workdir = cli.check_workdir("xnas-search", _WORKDIR.value)
   cli.enable_compilation_cache()
+  _PROCESSES.start("xnas-search", workdir)
   try:
-    result = train.train_and_evaluate(config, workdir, progress=_PROGRESS.value)
+    result = _search(config, workdir)
   except (train.ConfigError, ValueError) as e:
     _fail(str(e).splitlines()[0])
   except input_pipeline.DataNotPreparedError as e:
@@ -46,12 +49,22 @@ def run(argv: list[str] | None = None) -> None:
   except train.SearchDiverged as e:
     _fail(f"{e}; the last good checkpoint is in {os.path.join(_WORKDIR.value, 'checkpoints')}",
           status=1)
+  if not distributed.is_primary():
+    return
   s = result["summary"]
   for note in s.get("selection_notes", []):
     print(f"selection: {note}")
   print(f"supernet test accuracy: {s['supernet_test_acc']:.4f}")
   print("genotype:")
   print(result["genotype"].to_json())
+
+
+def _search(config, workdir: str):
+  try:
+    return train.train_and_evaluate(config, workdir, progress=_PROGRESS.value)
+  except Exception as e:  # pylint: disable=broad-except
+    cli.fail_if_peer_lost("xnas-search", e)
+    raise
 
 
 if __name__ == "__main__":

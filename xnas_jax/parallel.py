@@ -9,11 +9,10 @@ rewards are sums over all devices and the state stays identical everywhere.
 A search on 8 devices equals one on a single device up to float summation
 order (tested).
 
-Multi-host: call ``jax.distributed.initialize()`` (with the coordinator
-address, process count and id, or from the cluster environment) on every
-host before building the search; ``jax.devices()`` then lists every host's
-devices, each host loads the same data and draws the same index batches from
-the same seed, and the mesh spans all of them.
+Several processes (``xnas_jax.distributed``): ``jax.devices()`` lists every
+process's devices and the mesh spans all of them; each process loads the
+same data and draws the same index batches from the same seed, and
+``jax.device_put`` places only its own devices' share of each batch.
 """
 from __future__ import annotations
 
@@ -30,6 +29,9 @@ def device_config_error(num_devices: int, batch_size: int) -> str | None:
   """What is wrong with a ``num_devices`` / global ``batch_size`` pair (one
   line naming the bad value), or None."""
   n = jax.device_count()
+  if jax.process_count() > 1 and num_devices not in (0, n):
+    return (f"num_devices {num_devices}: a job of {jax.process_count()} processes searches "
+            f"on all its {n} devices (set num_devices to 0)")
   if not 0 <= num_devices <= n:
     return f"num_devices {num_devices} is not in 0..{n} (0 = all devices)"
   if batch_size % (num_devices or n):

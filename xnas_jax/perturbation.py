@@ -268,18 +268,7 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
   u0 = mixture(state["arch"])
   masks0 = {t: np.asarray(v, bool) for t, v in masks0.items()}
 
-  n_val = (len(data.val) // b) * b
-  xv = input_pipeline.standardize(jnp.asarray(data.val.images[:n_val]), data.mean, data.std)
-  xv = xv.reshape((n_val // b, b) + xv.shape[1:])
-  yv = jnp.asarray(data.val.labels[:n_val]).reshape(n_val // b, b)
-
-  @jax.jit
-  def val_accuracy(params, batch_stats, u, masks):
-    def one(_, xy):
-      logits, _ = net.apply({"params": params, "batch_stats": batch_stats}, xy[0], u, masks,
-                            train=True, rng=jax.random.key(0))
-      return None, jnp.sum(jnp.argmax(logits, -1) == xy[1])
-    return jnp.sum(jax.lax.scan(one, None, (xv, yv))[1]) / n_val
+  xv, yv = val_batches(search)
 
   lr = wcfg.learning_rate / 10 if learning_rate is None else learning_rate
   steps = len(data.train) // b
@@ -304,8 +293,8 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
            "arch_opt_state": copy(state["arch_opt_state"]), "round": 0}
 
   def accuracy(u, masks):
-    return float(val_accuracy(tuned["params"], tuned["batch_stats"], _as_jax(u),
-                              _as_jax(masks)))
+    return float(fns.batch_stats_accuracy(tuned["params"], tuned["batch_stats"], _as_jax(u),
+                                          _as_jax(masks), xv, yv))
 
   live0 = _as_jax(masks0)
 
@@ -349,6 +338,42 @@ def select(search, state: PyTree, *, tune_epochs: int = 5, learning_rate: float 
                               schedule=schedule)
   return genotype, log, dict(state, params=tuned["params"], batch_stats=tuned["batch_stats"],
                              arch=tuned["arch"], arch_opt_state=tuned["arch_opt_state"])
+
+
+def val_batches(search) -> tuple[jax.Array, jax.Array]:
+  """Every full batch of the architecture half (the search's ``val``
+  split), standardized: ``[K, B, ...]`` images and ``[K, B]`` labels."""
+  data, b = search.data, search.config.batch_size
+  n_val = (len(data.val) // b) * b
+  xv = input_pipeline.standardize(jnp.asarray(data.val.images[:n_val]), data.mean, data.std)
+  xv = xv.reshape((n_val // b, b) + xv.shape[1:])
+  return xv, jnp.asarray(data.val.labels[:n_val]).reshape(n_val // b, b)
+
+
+def choose_op(search, state: PyTree, fns: search_steps.StepFunctions, cell_type: str,
+              edge: int) -> tuple[int, dict[str, float]]:
+  """The op of one edge by perturbation (sec. 4.1), in the supernet as it is:
+  the live op whose removal lowers the validation accuracy most, ``none``
+  excluded where the space chooses edges.  This is DARTS-PT's operation
+  decision alone, for a search that chooses its edges itself (SGAS+PT: SGAS's
+  order of edges, each edge's op by perturbation when SGAS decides it).
+  Returns the op and the accuracy without each candidate."""
+  space = search.net.space
+  live = live_masks(search, state)
+  u = {t: np.asarray(v, np.float32) for t, v in search.mixture(state["arch"], live).items()
+       if t in live}
+  masks = {t: np.asarray(m, bool) for t, m in live.items()}
+  skipped = ("none",) if space.kept_per_node else ()
+  cands = [o for o in range(space.num_ops) if masks[cell_type][edge, o]
+           and space.ops[o] not in skipped]
+  if not cands:
+    raise ValueError(f"edge {edge} of the {cell_type} cell has no live op to choose")
+  xv, yv = val_batches(search)
+  accs = {space.ops[o]: float(fns.batch_stats_accuracy(
+      state["params"], state["batch_stats"], *map(_as_jax, removed(u, masks, cell_type,
+                                                                     (edge, o))), xv, yv))
+          for o in cands}
+  return min(cands, key=lambda o: accs[space.ops[o]]), accs
 
 
 def num_rounds(space: SearchSpace, schedule: str) -> int:

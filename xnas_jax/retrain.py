@@ -29,8 +29,9 @@ import numpy as np
 import optax
 
 from xnas_jax import checkpointing
-from xnas_jax import config_checks
 from xnas_jax import cli
+from xnas_jax import config_checks
+from xnas_jax import distributed
 from xnas_jax import evalnet
 from xnas_jax import events
 from xnas_jax import figures
@@ -225,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, wo
   see ``_train_and_evaluate``."""
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lock.hold(workdir):
+  with workdir_lock.hold(workdir, workdir_lock.name_for(jax.process_index())):
     return _train_and_evaluate(config, genotype, workdir, progress=progress)
 
 
@@ -265,16 +266,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, w
   fns = make_functions(run)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = int(state["epoch"])
-  checkpointing.truncate_metrics(metrics_path, start)
+  primary = distributed.is_primary()  # several processes: process 0 writes the files
+  if primary:
+    checkpointing.truncate_metrics(metrics_path, start)
   order_key = jax.random.key(config.seed + 1)
   steps, b = run.steps_per_epoch, config.batch_size
   params_m = evalnet.parameter_count(state["params"]) / 1e6
   summary: dict[str, Any] = {}
-  writers = events.EventWriters(workdir, [None], config.tensorboard)
-  if config.figures:
+  writers = events.EventWriters(workdir, [None], config.tensorboard and primary)
+  if config.figures and primary:
     figures.draw_genotype(genotype, [os.path.join(workdir, "genotype.png")], "retrained:")
-  epochs = cli.progress(range(start, config.epochs), progress, "retrain")
-  with interrupts.catch() as catcher:  # a signal abandons the epoch; the next run repeats it
+  epochs = cli.progress(range(start, config.epochs), progress and primary, "retrain")
+  # A signal abandons the epoch; the next run repeats it.  Several processes
+  # act on it together, at an epoch's start.
+  with interrupts.catch(agree=distributed.any_process if distributed.multi_process()
+                        else None) as catcher:
     try:
       for epoch in epochs:
         catcher.check()
@@ -285,7 +291,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, w
         for i in range(steps):
           state, m = throttle(fns["train_step"](state, images, labels, idx[i]))
           out.append(m)
-          catcher.check()
+          catcher.check(step=True)
         out = np.asarray(jnp.stack(out))
         if not np.isfinite(out).all():
           raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}; the last good "
@@ -295,7 +301,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, w
                    "train_acc": float(out[:, 1].sum() / (steps * b)),
                    "learning_rate": float(run.schedule(int(state["step"]) - 1)),
                    "epoch_time_s": round(time.time() - t0, 3)}
-        checkpointing.append_metrics(metrics_path, [summary])
+        if primary:
+          checkpointing.append_metrics(metrics_path, [summary])
         writers.write([summary])
         checkpointing.save(manager, epoch + 1, state, {"genotype": genotype.to_dict()})
     except interrupts.Interrupted as e:
@@ -305,10 +312,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, w
     finally:
       manager.wait_until_finished()
       manager.close()
+  if distributed.multi_process():  # each process evaluates alone, on its own devices
+    state = jax.device_get(state)
   summary = dict(summary, test_acc=test_accuracy(run, fns, state), params_m=params_m,
                  genotype=genotype.to_dict(), seed=config.seed)
   writers.write([{"epoch": summary.get("epoch", start), "test_acc": summary["test_acc"]}])
   writers.close()
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if primary:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
   return {"state": state, "summary": summary}

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from xnas_jax import checkpointing
 from xnas_jax import cli
+from xnas_jax import distributed
 from xnas_jax import input_pipeline
 from xnas_jax import interrupts
 from xnas_jax import published
@@ -27,6 +28,7 @@ _GENOTYPE = flags.DEFINE_string(
     "(xnas_jax.published: " + ", ".join(published.GENOTYPES) + ").")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+_PROCESSES = cli.ProcessFlags()
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -47,9 +49,9 @@ def run(argv: list[str] | None = None) -> None:
     message = str(e).splitlines()[0]
     _fail(message if _GENOTYPE.value in message else f"{_GENOTYPE.value}: {message}")
   cli.enable_compilation_cache()
+  _PROCESSES.start("xnas-train", workdir)
   try:
-    result = retrain.train_and_evaluate(config, genotype, workdir,
-                                        progress=_PROGRESS.value)
+    result = _retrain(config, genotype, workdir)
   except (retrain.ConfigError, ValueError) as e:
     _fail(str(e).splitlines()[0])
   except input_pipeline.DataNotPreparedError as e:
@@ -61,9 +63,19 @@ def run(argv: list[str] | None = None) -> None:
     sys.exit(128 + e.signum)
   except retrain.TrainingDiverged as e:
     _fail(str(e), status=1)
+  if not distributed.is_primary():
+    return
   s = result["summary"]
   print(f"test accuracy: {s['test_acc']:.4f}")
   print(f"parameters: {s['params_m']:.3f} M (without the auxiliary head)")
+
+
+def _retrain(config, genotype, workdir: str):
+  try:
+    return retrain.train_and_evaluate(config, genotype, workdir, progress=_PROGRESS.value)
+  except Exception as e:  # pylint: disable=broad-except
+    cli.fail_if_peer_lost("xnas-train", e)
+    raise
 
 
 if __name__ == "__main__":

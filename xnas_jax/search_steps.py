@@ -198,6 +198,18 @@ def evaluate_weights(search: Search, params, batch_stats, u, masks, x, y):
   return jnp.sum(losses), jnp.sum(jnp.argmax(logits, -1) == y)
 
 
+def batch_stats_accuracy(search: Search, params, batch_stats, u, masks, xs, ys):
+  """Accuracy over the batches ``xs`` ``[K, B, ...]`` (labels ``ys``) of the
+  supernet at mixture weights ``u``, each batch normalized by its own
+  statistics: DARTS-PT's measure of a perturbed supernet, whose running
+  statistics describe the unperturbed one."""
+  def one(_, xy):
+    logits, _ = search.net.apply({"params": params, "batch_stats": batch_stats}, xy[0], u, masks,
+                                 train=True, rng=jax.random.key(0))
+    return None, jnp.sum(jnp.argmax(logits, -1) == xy[1])
+  return jnp.sum(jax.lax.scan(one, None, (xs, ys))[1]) / (ys.shape[0] * ys.shape[1])
+
+
 def evaluate(search: Search, params, batch_stats, arch, masks, x, y):
   """``evaluate_weights`` at the architecture's mixture weights."""
   return evaluate_weights(search, params, batch_stats, search.mixture(arch, masks), masks, x, y)
@@ -216,6 +228,7 @@ class StepFunctions(NamedTuple):
   arch_update: Callable
   evaluate: Callable
   evaluate_weights: Callable
+  batch_stats_accuracy: Callable
   correction: Callable | None  # None for first-order searches
 
 
@@ -241,6 +254,7 @@ def step_functions(search: Search) -> StepFunctions:
       arch_update=jax.jit(bind(arch_update), donate_argnums=(0, 1)),
       evaluate=jax.jit(bind(evaluate)),
       evaluate_weights=jax.jit(bind(evaluate_weights)),
+      batch_stats_accuracy=jax.jit(bind(batch_stats_accuracy)),
       correction=(jax.jit(bind(correction)) if search.config.arch_gradient in hypergrad.CORRECTIONS
                   else None),
   )

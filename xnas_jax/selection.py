@@ -86,6 +86,24 @@ def _by_perturbation(search: Search, state: PyTree, fns) -> Selected:
                    "selection_log": json.dumps(log, indent=1)})
 
 
+def settle_pending(search: Search, state: PyTree, fns) -> tuple[PyTree, list[dict[str, Any]]]:
+  """Gives each edge the optimizer has decided but left without an op
+  (``ArchOptimizer.pending_ops``) its op by perturbation
+  (``perturbation.choose_op``): SGAS+PT.  Returns the state and one log entry
+  per edge."""
+  opt = search.arch_opt
+  if opt.pending_ops is None:
+    return state, []
+  log = []
+  for t, edges in opt.pending_ops(state["arch_opt_state"]).items():
+    for e in edges:
+      op, accs = perturbation.choose_op(search, state, fns, t, e)
+      state = dict(state, arch_opt_state=opt.settle_op(state["arch_opt_state"], t, e, op))
+      log.append({"cell": t, "edge": list(search.net.space.edges[e]), "acc_without": accs,
+                  "chosen": search.net.space.ops[op]})
+  return state, log
+
+
 METHODS: dict[str, Callable[..., Selected]] = {"magnitude": _by_magnitude,
                                                "perturbation": _by_perturbation}
 

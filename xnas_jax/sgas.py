@@ -45,14 +45,14 @@ from xnas_jax import arch as arch_lib
 from xnas_jax.search_space import SearchSpace
 
 PyTree = Any
-UNDECIDED, PRUNED = -1, -2
+UNDECIDED, PRUNED, PENDING = -1, -2, -3  # PENDING: the edge is chosen, its op not yet
 START, INTERVAL, HISTORY = 9, 5, 4  # the release's warmup_dec_epoch, decision_freq, history_size
 
 
 class SGASState(NamedTuple):
   count: jax.Array  # architecture steps taken
   mask: PyTree  # {cell type: [E, N] bool}: the experts still live
-  decided: PyTree  # {cell type: [E] int32}: UNDECIDED, PRUNED or the op chosen
+  decided: PyTree  # {cell type: [E] int32}: UNDECIDED, PRUNED, PENDING or the op chosen
   history: PyTree  # {cell type: [H, E, N]}: the last H epochs' non-none weights p, epoch
   # e in slot e % H (the mean over them does not depend on their order)
 
@@ -100,13 +100,16 @@ def score_of(importance: jax.Array, p: jax.Array, certainty: jax.Array, criterio
 
 
 def decide(score: jax.Array, p: jax.Array, decided: jax.Array, incoming: Sequence[Sequence[int]],
-           kept_per_node: int) -> jax.Array:
+           kept_per_node: int, choose_op: bool = True) -> jax.Array:
   """``decided`` after one decision: the undecided edge of the highest score
-  takes the op of its largest ``p``; a node with ``kept_per_node`` decided
-  edges has its other undecided edges pruned (``check_edges``)."""
+  takes the op of its largest ``p`` (or, without ``choose_op``, becomes
+  ``PENDING``: its op is chosen outside, see ``settle``); a node with
+  ``kept_per_node`` decided edges has its other undecided edges pruned
+  (``check_edges``)."""
   open_ = decided == UNDECIDED
   edge = jnp.argmax(jnp.where(open_, score, -jnp.inf))
-  decided = decided.at[edge].set(jnp.argmax(p[edge]).astype(decided.dtype))
+  op = jnp.argmax(p[edge]) if choose_op else PENDING
+  decided = decided.at[edge].set(jnp.asarray(op, decided.dtype))
   if kept_per_node > 0:
     for edges in incoming:
       idx = np.asarray(edges)
@@ -117,21 +120,27 @@ def decide(score: jax.Array, p: jax.Array, decided: jax.Array, incoming: Sequenc
 
 
 def live(decided: jax.Array, available: jax.Array) -> jax.Array:
-  """The experts an edge runs: all available ones while undecided, the op
-  chosen once decided, none once pruned."""
+  """The experts an edge runs: all available ones while undecided or
+  pending, the op chosen once decided, none once pruned."""
   chosen = jax.nn.one_hot(jnp.maximum(decided, 0), available.shape[-1], dtype=bool)
-  return jnp.where((decided == UNDECIDED)[:, None], available,
+  open_ = (decided == UNDECIDED) | (decided == PENDING)
+  return jnp.where(open_[:, None], available,
                    jnp.where((decided >= 0)[:, None], chosen & available, False))
 
 
 def decisions(space: SearchSpace, available: dict[str, np.ndarray], steps_per_epoch: int,
               start: int = START, interval: int = INTERVAL, criterion: int = 1,
-              history_size: int = HISTORY) -> optax.GradientTransformation:
+              history_size: int = HISTORY, choose_op: bool = True
+              ) -> optax.GradientTransformation:
   """SGAS's decisions as an optax transformation of the architecture logits,
   chained after their optimizer: it zeroes the updates of decided and
   pruned edges and, at the end of epoch ``start``, ``start + interval``, ...
   (0-based, counted in its own steps of ``steps_per_epoch``), decides one
-  edge of each cell type that has one undecided."""
+  edge of each cell type that has one undecided.
+
+  Without ``choose_op`` the decided edge is left ``PENDING``: SGAS chooses
+  the edge and the caller its op, before the next step, with ``pending``
+  and ``settle`` (DARTS-PT's SGAS+PT chooses it by perturbation)."""
   none = space.ops.index("none") if "none" in space.ops else None
   incoming = [space.incoming(d) for d in space.nodes]
   types = space.cell_types
@@ -160,7 +169,8 @@ def decisions(space: SearchSpace, available: dict[str, np.ndarray], steps_per_ep
       score = score_of(*stats, criterion, state.history[t], filled)
       now = due & jnp.any(open_[t])
       decided[t] = jnp.where(
-          now, decide(score, stats[1], state.decided[t], incoming, space.kept_per_node),
+          now, decide(score, stats[1], state.decided[t], incoming, space.kept_per_node,
+                      choose_op),
           state.decided[t])
       history[t] = jnp.where(epoch_end, state.history[t].at[epoch % history_size].set(stats[1]),
                              state.history[t])
@@ -168,3 +178,34 @@ def decisions(space: SearchSpace, available: dict[str, np.ndarray], steps_per_ep
     return updates, SGASState(count, mask, decided, history)
 
   return optax.GradientTransformation(init, update)
+
+
+def _is_state(x) -> bool:
+  return isinstance(x, SGASState)
+
+
+def pending(opt_state: PyTree) -> dict[str, list[int]]:
+  """The ``PENDING`` edges of each cell type in an optimizer state that holds
+  an ``SGASState`` (a chain's), empty lists where there are none."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_state) if _is_state(s)]
+  out: dict[str, list[int]] = {}
+  for s in found:
+    for t, d in s.decided.items():
+      out.setdefault(t, []).extend(int(e) for e in np.flatnonzero(np.asarray(d) == PENDING))
+  return out
+
+
+def settle(opt_state: PyTree, cell_type: str, edge: int, op: int) -> PyTree:
+  """``opt_state`` with the pending ``edge`` of ``cell_type`` decided as
+  ``op``: the edge runs that op alone from the next step on."""
+  def one(s):
+    if not _is_state(s):
+      return s
+    if int(s.decided[cell_type][edge]) != PENDING:
+      raise ValueError(f"edge {edge} of the {cell_type} cell is not pending")
+    n = s.mask[cell_type].shape[-1]
+    decided = dict(s.decided, **{cell_type: s.decided[cell_type].at[edge].set(op)})
+    mask = dict(s.mask, **{cell_type: s.mask[cell_type].at[edge].set(
+        jax.nn.one_hot(op, n, dtype=bool) & s.mask[cell_type][edge])})
+    return s._replace(decided=decided, mask=mask)
+  return jax.tree.map(one, opt_state, is_leaf=_is_state)

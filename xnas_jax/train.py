@@ -27,6 +27,7 @@ from xnas_jax import checkpointing
 from xnas_jax import cli
 from xnas_jax import compile_counter
 from xnas_jax import config_checks
+from xnas_jax import distributed
 from xnas_jax import events
 from xnas_jax import figures
 from xnas_jax import host_memory
@@ -101,6 +102,14 @@ class _Seeds:
     # Several seeds: the whole step is one program; the old state's buffers are reused.
     return step if self.single else jax.jit(jax.vmap(step), donate_argnums=0)
 
+  def settle_pending(self, state: PyTree, fns: search_steps.StepFunctions
+                     ) -> tuple[PyTree, list[list[dict[str, Any]]]]:
+    """Each seed's pending edges given their ops (``selection.settle_pending``)."""
+    state = jax.device_get(state)  # on the host: the same in every process, no reductions
+    done = [selection.settle_pending(s, self.state_of(state, k), fns)
+            for k, s in enumerate(self.searches)]
+    return self.join([d[0] for d in done]), [d[1] for d in done]
+
   def batches(self, epoch: int, mesh) -> tuple[np.ndarray, np.ndarray]:
     """This epoch's index batches ``[steps, (seeds,) batch]``, split over the devices."""
     s0, b = self.searches[0], self.configs[0].batch_size
@@ -125,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ``_train_and_evaluate``."""
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lock.hold(workdir):
+  with workdir_lock.hold(workdir, workdir_lock.name_for(jax.process_index())):
     return _train_and_evaluate(config, workdir, progress=progress)
 
 
@@ -157,7 +166,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = parallel.replicate(state, mesh)
   start_epoch = int(np.max(state["epoch"]))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  checkpointing.truncate_metrics(metrics_path, start_epoch)
+  primary = distributed.is_primary()  # several processes: process 0 writes the files
+  if primary:
+    checkpointing.truncate_metrics(metrics_path, start_epoch)
   compile_counter.install()
   host_memory.install()
   fns = search_steps.step_functions(run.searches[0])
@@ -165,9 +176,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_data, val_data = run.data("train", mesh), run.data("val", mesh)
   throttle = parallel.step_throttle(mesh)
   first_epoch = search_metrics.first_epoch_metrics(metrics_path, [c.seed for c in run.configs])
-  writers = events.EventWriters(workdir, [c.seed for c in run.configs], config.tensorboard)
-  bar = cli.progress(range(start_epoch, config.epochs), progress, "search")
-  with interrupts.catch() as catcher:  # the epochs only: selection keeps the defaults
+  writers = events.EventWriters(workdir, [c.seed for c in run.configs],
+                                config.tensorboard and primary)
+  bar = cli.progress(range(start_epoch, config.epochs), progress and primary, "search")
+  # The epochs only: selection keeps the default handlers.  Several
+  # processes act on a signal together, at an epoch's start.
+  with interrupts.catch(agree=distributed.any_process if distributed.multi_process()
+                        else None) as catcher:
     try:
       for epoch in bar:
         catcher.check()
@@ -181,10 +196,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         for i in range(len(tr)):
           state, m = throttle(step(state, train_data, val_data, tr[i], va[i]))
           step_metrics.append(m)
-          catcher.check()  # a signal abandons the epoch; the next run repeats it
+          catcher.check(step=True)  # a signal abandons the epoch; the next run repeats it
         state = dict(state, epoch=state["epoch"] + 1)
         summaries = _epoch_summaries(run, state, step_metrics, first_step, t0, compiled_before,
                                      first_epoch)
+        if run.searches[0].arch_opt.pending_ops is not None:  # SGAS+PT's ops of this epoch
+          state, logs = run.settle_pending(state, fns)
+          state = parallel.replicate(state, mesh)
+          summaries = [dict(s, op_decisions=log) if log else s
+                       for s, log in zip(summaries, logs)]
         if epoch + 1 == progressive.switch_epoch(config):  # DrNAS's second stage
           new_search, state, changed = progressive.advance(
               run.searches[0], state, search_setup.live_masks(run.searches[0], state),
@@ -204,7 +224,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             fns = search_steps.step_functions(run.searches[0])  # compiles at the next step
             step = run.step_function(fns)
             summaries = [dict(s, rebuilt_without=dropped) for s in summaries]
-        checkpointing.append_metrics(metrics_path, summaries)
+        if primary:
+          checkpointing.append_metrics(metrics_path, summaries)
         writers.write(summaries, run.searches[0].net.space.cell_types)
         built = search_setup.built_ops(run.searches[0])
         checkpointing.save(manager, int(np.max(state["epoch"])), state,
@@ -256,15 +277,18 @@ def _select(run: _Seeds, state: PyTree, fns: search_steps.StepFunctions, workdir
   """Each seed's genotype by ``config.selection``, written to the workdir."""
   summaries = summaries or [{} for _ in run.configs]
   genotypes = []
+  primary = distributed.is_primary()
+  if distributed.multi_process():  # each process selects alone, on its own devices, the same
+    state = jax.device_get(state)
   for k, s in enumerate(run.searches):
     one = run.state_of(state, k)
     suffix = "" if run.single else f"_seed{run.configs[k].seed}"
     chosen = selection.select(s, one, fns)
     for stem, text in chosen.files.items():
-      _write(workdir, f"{stem}{suffix}.json", text)
+      _write(workdir, f"{stem}{suffix}.json", text, primary)
     genotypes.append(chosen.genotype)
-    _write(workdir, f"genotype{suffix}.json", chosen.genotype.to_json())
-    if s.config.figures:
+    _write(workdir, f"genotype{suffix}.json", chosen.genotype.to_json(), primary)
+    if s.config.figures and primary:
       seed = run.configs[k].seed
       figures.draw_genotype(chosen.genotype, [os.path.join(workdir, f"genotype{suffix}{ext}")
                                               for ext in (".png", ".svg")], f"seed {seed}:")
@@ -282,7 +306,9 @@ def _select(run: _Seeds, state: PyTree, fns: search_steps.StepFunctions, workdir
           "genotypes": genotypes, "summaries": summaries}
 
 
-def _write(workdir: str, name: str, text: str) -> None:
+def _write(workdir: str, name: str, text: str, primary: bool = True) -> None:
+  if not primary:
+    return
   with open(os.path.join(workdir, name), "w") as f:
     f.write(text)
 

@@ -25,6 +25,12 @@ from xnas_jax import config_checks
 LOCK_NAME = ".lock"
 
 
+def name_for(process_index: int) -> str:
+  """The lock file of one process of a job: ``.lock`` for process 0 (which
+  a one-process run takes too), ``.lock.<i>`` for the others."""
+  return LOCK_NAME if process_index == 0 else f"{LOCK_NAME}.{process_index}"
+
+
 class WorkdirInUse(config_checks.ConfigError):
   """Another live process holds the workdir (reported in one line)."""
 
@@ -47,9 +53,9 @@ def _read(path: str) -> dict:
     return {}
 
 
-def acquire(workdir: str) -> str:
-  """Creates the lock file; returns its path.  Raises ``WorkdirInUse``."""
-  path = os.path.join(workdir, LOCK_NAME)
+def acquire(workdir: str, name: str = LOCK_NAME) -> str:
+  """Creates the lock file ``name``; returns its path.  Raises ``WorkdirInUse``."""
+  path = os.path.join(workdir, name)
   me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
   for _ in range(3):
     try:
@@ -79,9 +85,9 @@ def release(path: str) -> None:
 
 
 @contextlib.contextmanager
-def hold(workdir: str) -> Iterator[str]:
-  """Holds ``workdir``'s lock for the duration of the block."""
-  path = acquire(workdir)
+def hold(workdir: str, name: str = LOCK_NAME) -> Iterator[str]:
+  """Holds ``workdir``'s lock (file ``name``) for the duration of the block."""
+  path = acquire(workdir, name)
   try:
     yield path
   finally:

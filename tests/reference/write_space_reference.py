@@ -35,6 +35,20 @@ def reference_configs():
   return {"xnas": xnas, "darts_pc": darts, "fixed_pt": fixed}
 
 
+def cpu() -> str:
+  """The processor's model name (XLA's CPU code, so the last bits of float
+  sums, depend on it)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  import platform  # pylint: disable=import-outside-toplevel
+  return platform.processor() or platform.machine()
+
+
 def run(config):
   from xnas_jax import train  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory() as workdir:
@@ -52,6 +66,7 @@ def run(config):
 
 if __name__ == "__main__":
   result = {name: run(c) for name, c in reference_configs().items()}
+  result["cpu"] = cpu()
   path = os.path.join(os.path.dirname(__file__), "space_reference.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=1, sort_keys=True)

@@ -91,6 +91,11 @@ class ArchOptimizer(NamedTuple):
       weight step trains at instead of ``mixture``'s (None: the same);
       ``loss(u)`` is the step's training batch's mean loss at the current
       weights (SDARTS, ``xnas_jax.sdarts``).
+    pending_ops: ``opt_state -> {cell type: [edge, ...]}``, the edges the
+      optimizer has decided whose op it leaves to the selection method
+      (SGAS+PT), or None; ``settle_op(opt_state, cell type, edge, op) ->
+      opt_state`` gives one its op.  The loop settles them after each epoch
+      (``selection.settle_pending``).
     learning_rates, rewards_per_step, horizons, reward_bounds: per cell type,
       XNAS's eta, rounds per step, T and L (empty for the others); zeta its
       wipeout relaxation.
@@ -105,6 +110,8 @@ class ArchOptimizer(NamedTuple):
   run_masks: Callable[..., dict[str, jax.Array]] | None = None
   init_params: Callable[[SearchSpace, jax.Array], PyTree] | None = None
   perturb: Callable[..., dict[str, jax.Array]] | None = None
+  pending_ops: Callable[[PyTree], dict[str, list[int]]] | None = None
+  settle_op: Callable[[PyTree, str, int, int], PyTree] | None = None
   learning_rates: dict[str, float] = {}
   rewards_per_step: dict[str, int] = {}
   horizons: dict[str, int] = {}

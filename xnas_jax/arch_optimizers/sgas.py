@@ -4,7 +4,10 @@ after it (``xnas_jax.sgas``).  Keys: ``decision_start_epoch`` (the
 release's 9), ``decision_interval`` (5), ``sgas_criterion`` (1, or 2 with
 ``history_size`` epochs of selection stability).  The release searches
 ``start + interval * (edges to decide - 1) + 6`` epochs (50 on the DARTS
-cell); edges left undecided when the search ends are chosen by magnitude."""
+cell); edges left undecided when the search ends are chosen by the
+selection method.  With ``config.selection = "perturbation"`` SGAS chooses
+the edges and perturbation their ops, at each decision (DARTS-PT's SGAS+PT:
+``sgas.settle``, ``perturbation.choose_op``)."""
 from __future__ import annotations
 
 import ml_collections
@@ -35,13 +38,16 @@ def check(config: ml_collections.ConfigDict, error: type) -> None:
 def build(config: ml_collections.ConfigDict, shape: registry.SearchShape) -> registry.ArchOptimizer:
   acfg = config.arch_optimizer
   lr = darts_adam.LEARNING_RATE if acfg.learning_rate is None else acfg.learning_rate
+  defers = config.get("selection") == "perturbation"
   tx = optax.chain(
       optim.darts_adam(lr, acfg.b1, acfg.b2, acfg.weight_decay),
       sgas.decisions(shape.space, shape.default_masks, shape.steps_per_epoch,
                      acfg.decision_start_epoch, acfg.decision_interval, acfg.sgas_criterion,
-                     acfg.history_size))
+                     acfg.history_size, choose_op=not defers))
   return registry.ArchOptimizer(
       tx=registry.with_correction_as_extra_arg(tx), gradient_wrt=optim.GRADIENT_WRT_LOGITS,
       mixture=registry.softmax_mixture,
       gradient=registry.logit_gradient(registry.softmax_mixture), init_scale=1e-3,
-      step_order=registry.ARCH_FIRST)
+      step_order=registry.ARCH_FIRST,
+      pending_ops=sgas.pending if defers else None,
+      settle_op=sgas.settle if defers else None)
