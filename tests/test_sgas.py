@@ -148,7 +148,8 @@ def test_a_pending_edge_prunes_its_node_and_settles_to_the_op_given():
         assert all(len(v) == 1 for v in pend.values())
         for t, (e,) in pend.items():
           assert np.asarray(state[1].mask[t])[e].tolist() == avail[t][e].tolist()  # runs all
-          state = sgas.settle(state, t, e, 3)
+          # on the host and back, as the loop settles it
+          state = jax.device_put(sgas.settle(jax.device_get(state), t, e, 3))
     states[choose] = state
   for t in SPACE.cell_types:
     by_sgas, by_caller = np.asarray(states[True][1].decided[t]), np.asarray(states[False][1].decided[t])
