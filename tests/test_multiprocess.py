@@ -27,11 +27,14 @@ SEARCH = ["--config", "configs/digits.py", "--config.channels=4", "--config.num_
           "--config.depthwise_impl=grouped", "--config.figures=False", "--progress=false"]
 
 
-def _env(devices: int = 1) -> dict:
+def _env(devices: int = 1, process: int | None = None) -> dict:
+  """The environment of a CLI run: ``devices`` host devices, and the test
+  worker's compilation cache (``conftest.py``), one directory per process of
+  a job (two processes writing one cache at once can abort one of them)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  if "XNAS_JAX_TEST_CACHE" in os.environ:  # the suite's compilation cache
-    env["XNAS_JAX_CACHE"] = os.environ["XNAS_JAX_TEST_CACHE"]
+  if process is not None and "XNAS_JAX_CACHE" in env:
+    env["XNAS_JAX_CACHE"] = os.path.join(env["XNAS_JAX_CACHE"], f"process{process}")
   return env
 
 
@@ -48,7 +51,7 @@ def _job(workdir, extra=(), port=None, processes=2, timeout=120):
       [sys.executable, "-m", "xnas_jax.main", *SEARCH, *extra, "--workdir", str(workdir),
        "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(processes),
        "--process_id", str(i), f"--distributed_timeout={timeout}"],
-      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=_env(process=i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
           for i in range(processes)]
 
 
