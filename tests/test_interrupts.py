@@ -59,3 +59,39 @@ def test_sigterm_stops_cleanly_and_the_resume_equals_an_uninterrupted_run(tmp_pa
   whole = train.train_and_evaluate(_config(), str(tmp_path / "whole"), progress=False)
   assert _lines(workdir) == _lines(str(tmp_path / "whole"))
   assert resumed["genotype"] == whole["genotype"]
+
+
+def test_a_job_s_processes_agree_on_a_signal_every_few_steps():
+  """With ``agree`` (a job of several processes) the catcher asks every
+  process at each epoch's start and every ``AGREE_EVERY`` steps, and stops
+  when any of them has a signal, its own or another's (SIGTERM then)."""
+  from xnas_jax import interrupts  # pylint: disable=import-outside-toplevel
+  asked = []
+  others = {"signalled": False}
+
+  def agree(flag):
+    asked.append(flag)
+    return flag or others["signalled"]
+
+  catcher = interrupts.Catcher(agree)
+  catcher.check()  # an epoch's start
+  for _ in range(2 * interrupts.AGREE_EVERY + 3):
+    catcher.check(step=True)
+  assert asked == [False, False, False]  # the start, then steps 10 and 20
+  catcher.signum = signal.SIGINT
+  for _ in range(interrupts.AGREE_EVERY - 4):
+    catcher.check(step=True)  # steps 24..29: not asked
+  try:
+    catcher.check(step=True)  # step 30: asked, and this process has SIGINT
+  except interrupts.Interrupted as e:
+    assert e.signum == signal.SIGINT and asked[-1] is True
+  else:
+    raise AssertionError("the catcher did not stop at step 30")
+  catcher = interrupts.Catcher(agree)
+  others["signalled"] = True
+  try:
+    catcher.check()
+  except interrupts.Interrupted as e:
+    assert e.signum == signal.SIGTERM  # another process's signal
+  else:
+    raise AssertionError("the catcher did not stop on another process's signal")

@@ -85,9 +85,19 @@ def progress(it: Iterable, enabled: bool, desc: str) -> Iterable:
   return tqdm.tqdm(it, desc=desc, unit="epoch")
 
 
+def process_flags() -> "ProcessFlags":
+  """The flags that join a program to a job of several processes, defined
+  once per interpreter (both CLIs' modules may be imported in one, as the
+  documentation's build does)."""
+  global _PROCESS_FLAGS  # pylint: disable=global-statement
+  if _PROCESS_FLAGS is None:
+    _PROCESS_FLAGS = ProcessFlags()
+  return _PROCESS_FLAGS
+
+
 class ProcessFlags:
   """The flags that join a program to a job of several processes
-  (``xnas_jax.distributed``); defined once per program, at import."""
+  (``xnas_jax.distributed``); use ``process_flags()``."""
 
   def __init__(self):
     from absl import flags  # pylint: disable=import-outside-toplevel
@@ -119,6 +129,9 @@ class ProcessFlags:
     except distributed.StartFailed as e:
       fail(program, str(e))
     return 1
+
+
+_PROCESS_FLAGS: ProcessFlags | None = None
 
 
 def fail_if_peer_lost(program: str, e: BaseException) -> None:

@@ -9,10 +9,11 @@ batches from the seed, puts its own devices' share of each batch on them
 processes.  On CPUs the cross-process reductions go through gloo over TCP.
 
 What differs from one process: files are written by process 0 alone
-(``is_primary``); orbax writes a checkpoint from all of them; signals are
-acted on at epoch ends, by all processes together (``any_process``), since
-a process that stopped at another step would leave the others waiting in a
-reduction; a process that dies ends the others with one line (``peer_lost``).
+(``is_primary``); orbax writes a checkpoint from all of them; a signal is
+acted on by all processes together, at the same step (``any_process``,
+asked every few steps by ``interrupts.Catcher``), since a process that
+stopped at another step would leave the others waiting in a reduction; a
+process that dies ends the others with one line (``peer_lost``).
 
 ``start`` takes the coordinator's address, the number of processes and this
 process's id (the CLIs' ``--coordinator_address``, ``--num_processes``,

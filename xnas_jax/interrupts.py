@@ -40,22 +40,34 @@ class Stopped(Exception):
     self.signum, self.resume_epoch = signum, resume_epoch
 
 
+# A job of several processes asks all of them at every epoch's start and
+# every AGREE_EVERY steps: each question waits for every process, which would
+# stall the devices' queue if asked at every step.
+AGREE_EVERY = 10
+
+
 class Catcher:
   """The signal received (None: none yet).  With ``agree`` (a function that
   tells whether a flag is true in any process of a job), the processes stop
-  together: ``check`` asks them all, and is skipped between steps."""
+  together, at the same step: ``check`` asks them all, between steps only
+  every ``AGREE_EVERY`` steps."""
 
   def __init__(self, agree: Callable[[bool], bool] | None = None):
     self.signum: int | None = None
     self.agree = agree
+    self.steps = 0
 
   def check(self, step: bool = False) -> None:
     """Raises ``Interrupted`` once a signal has arrived (in any process, with
-    ``agree``); ``step``: a check between steps, which ``agree`` skips."""
+    ``agree``); ``step``: a check between steps."""
     if self.agree is None:
       if self.signum is not None:
         raise Interrupted(self.signum)
-    elif not step and self.agree(self.signum is not None):
+      return
+    self.steps += step
+    if step and self.steps % AGREE_EVERY:
+      return
+    if self.agree(self.signum is not None):
       raise Interrupted(self.signum or signal.SIGTERM)
 
 

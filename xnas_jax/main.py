@@ -22,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Search configuration 
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, genotype.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
-_PROCESSES = cli.ProcessFlags()
+_PROCESSES = cli.process_flags()
 
 
 def _fail(message: str, status: int = 2) -> None:

@@ -277,8 +277,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, genotype: Genotype, w
   if config.figures and primary:
     figures.draw_genotype(genotype, [os.path.join(workdir, "genotype.png")], "retrained:")
   epochs = cli.progress(range(start, config.epochs), progress and primary, "retrain")
-  # A signal abandons the epoch; the next run repeats it.  Several processes
-  # act on it together, at an epoch's start.
+  # A signal abandons the epoch; the next run repeats it.  The processes of
+  # a job act on it together (``interrupts.Catcher``).
   with interrupts.catch(agree=distributed.any_process if distributed.multi_process()
                         else None) as catcher:
     try:

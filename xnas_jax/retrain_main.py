@@ -28,7 +28,7 @@ _GENOTYPE = flags.DEFINE_string(
     "(xnas_jax.published: " + ", ".join(published.GENOTYPES) + ").")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
-_PROCESSES = cli.ProcessFlags()
+_PROCESSES = cli.process_flags()
 
 
 def _fail(message: str, status: int = 2) -> None:

@@ -179,8 +179,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writers = events.EventWriters(workdir, [c.seed for c in run.configs],
                                 config.tensorboard and primary)
   bar = cli.progress(range(start_epoch, config.epochs), progress and primary, "search")
-  # The epochs only: selection keeps the default handlers.  Several
-  # processes act on a signal together, at an epoch's start.
+  # The epochs only: selection keeps the default handlers.  The processes
+  # of a job act on a signal together (``interrupts.Catcher``).
   with interrupts.catch(agree=distributed.any_process if distributed.multi_process()
                         else None) as catcher:
     try:
