@@ -5,11 +5,12 @@ import numpy as np
 
 from xnas_jax import search_setup
 from xnas_jax import search_steps
-from search_configs import gradient_program_args, tiny_config
+from search_configs import FEW_OPS, gradient_program_args, tiny_config
 
 
 def test_each_steps_program_gives_what_the_shared_program_gives():
-  search = search_setup.build_search(tiny_config())
+  # Two ops per edge (S2): the subject is what each program differentiates.
+  search = search_setup.build_search(tiny_config(op_set=FEW_OPS))
   state = search_setup.init_state(search, jax.random.key(0))
   args = gradient_program_args(search, state)
   full = jax.jit(search_steps.loss_and_grads_fn(search.net))(*args)

@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 OVERRIDES = {"channels": 4, "num_cells": 3, "limit": 300, "epochs": 4, "batch_size": 16,
              "num_devices": 1, "rebuild_wiped": False, "depthwise_impl": "grouped",
-             "figures": False, "tensorboard": False}  # test_interrupts.py's search: compiled once
+             "figures": False, "tensorboard": False}
 
 
 def test_a_search_on_a_full_disk_ends_in_one_line(tmp_path):

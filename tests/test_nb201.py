@@ -212,13 +212,15 @@ def _check_choose_op(config, state, edge):
   masks = search_setup.live_masks(search, state)
   u = search.mixture(state["arch"], masks)
   d, b = search.data, config.batch_size
+  apply = jax.jit(lambda x, u: search.net.apply(
+      {"params": state["params"], "batch_stats": state["batch_stats"]}, x, u, masks, train=True,
+      rng=jax.random.key(0))[0])
   for o, name in enumerate(search.net.space.ops):
     u_o = {"cell": u["cell"].at[edge, o].set(0.0)}
     correct = 0
     for i in range(len(d.val) // b):
       x = (jnp.asarray(d.val.images[i * b:(i + 1) * b]) - d.mean) / d.std
-      logits, _ = search.net.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
-                                   x, u_o, masks, train=True, rng=jax.random.key(0))
+      logits = apply(x, u_o)
       correct += int(np.sum(np.argmax(logits, -1) == d.val.labels[i * b:(i + 1) * b]))
     assert accs[name] == pytest.approx(correct / (len(d.val) // b * b), abs=1e-6)
   assert search.net.space.ops[op] == min(accs, key=accs.get)

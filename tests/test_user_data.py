@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search_configs import tiny_config
+from search_configs import FEW_OPS, tiny_config
 from xnas_jax import config_defaults
 from xnas_jax import input_pipeline
 from xnas_jax import retrain
@@ -47,7 +47,7 @@ def test_a_folder_of_grey_non_square_images_is_searched_end_to_end(tmp_path):
   first = np.asarray(Image.open(os.path.join(root, "class_0", "0.png")), np.float32) / 255
   every = np.concatenate([data.train.images, data.val.images, data.test.images])[..., 0]
   assert any(np.array_equal(first, im) for im in every)
-  c = tiny_config(dataset=f"folder:{root}", epochs=1, limit=0)
+  c = tiny_config(dataset=f"folder:{root}", epochs=1, limit=0, op_set=FEW_OPS)  # the data's test
   result = train.train_and_evaluate(c, str(tmp_path / "search"), progress=False)
   assert len(result["genotype"].normal) == 8
   assert np.isfinite(result["summary"]["train_loss"])
