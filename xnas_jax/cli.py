@@ -2,9 +2,10 @@
 the XLA cache, the progress bar, joining a job of several processes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import jax
 
@@ -134,10 +135,16 @@ class ProcessFlags:
 _PROCESS_FLAGS: ProcessFlags | None = None
 
 
-def fail_if_peer_lost(program: str, e: BaseException) -> None:
-  """In a job of several processes, an error that says another process
-  stopped ends this one at once with one line (status 1); otherwise returns."""
-  line = distributed.peer_lost(e)
-  if line:
-    print(f"{program}: error: {line}", file=sys.stderr)
-    distributed.exit_now(1)
+@contextlib.contextmanager
+def peer_lost_ends(program: str) -> Iterator[None]:
+  """In a job of several processes, an error inside the block that says
+  another process stopped ends this one at once with one line (status 1);
+  any other error passes through."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    line = distributed.peer_lost(e)
+    if line:
+      print(f"{program}: error: {line}", file=sys.stderr)
+      distributed.exit_now(1)
+    raise

@@ -36,7 +36,8 @@ def run(argv: list[str] | None = None) -> None:
   cli.enable_compilation_cache()
   _PROCESSES.start("xnas-search", workdir)
   try:
-    result = _search(config, workdir)
+    with cli.peer_lost_ends("xnas-search"):
+      result = train.train_and_evaluate(config, workdir, progress=_PROGRESS.value)
   except (train.ConfigError, ValueError) as e:
     _fail(str(e).splitlines()[0])
   except input_pipeline.DataNotPreparedError as e:
@@ -57,14 +58,6 @@ def run(argv: list[str] | None = None) -> None:
   print(f"supernet test accuracy: {s['supernet_test_acc']:.4f}")
   print("genotype:")
   print(result["genotype"].to_json())
-
-
-def _search(config, workdir: str):
-  try:
-    return train.train_and_evaluate(config, workdir, progress=_PROGRESS.value)
-  except Exception as e:  # pylint: disable=broad-except
-    cli.fail_if_peer_lost("xnas-search", e)
-    raise
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def run(argv: list[str] | None = None) -> None:
   cli.enable_compilation_cache()
   _PROCESSES.start("xnas-train", workdir)
   try:
-    result = _retrain(config, genotype, workdir)
+    with cli.peer_lost_ends("xnas-train"):
+      result = retrain.train_and_evaluate(config, genotype, workdir, progress=_PROGRESS.value)
   except (retrain.ConfigError, ValueError) as e:
     _fail(str(e).splitlines()[0])
   except input_pipeline.DataNotPreparedError as e:
@@ -68,14 +69,6 @@ def run(argv: list[str] | None = None) -> None:
   s = result["summary"]
   print(f"test accuracy: {s['test_acc']:.4f}")
   print(f"parameters: {s['params_m']:.3f} M (without the auxiliary head)")
-
-
-def _retrain(config, genotype, workdir: str):
-  try:
-    return retrain.train_and_evaluate(config, genotype, workdir, progress=_PROGRESS.value)
-  except Exception as e:  # pylint: disable=broad-except
-    cli.fail_if_peer_lost("xnas-train", e)
-    raise
 
 
 if __name__ == "__main__":

@@ -203,9 +203,9 @@ def settle(opt_state: PyTree, cell_type: str, edge: int, op: int) -> PyTree:
       return s
     if int(s.decided[cell_type][edge]) != PENDING:
       raise ValueError(f"edge {edge} of the {cell_type} cell is not pending")
-    d, m = jnp.asarray(s.decided[cell_type]), jnp.asarray(s.mask[cell_type])
-    decided = dict(s.decided, **{cell_type: d.at[edge].set(op)})
-    mask = dict(s.mask, **{cell_type: m.at[edge].set(
-        jax.nn.one_hot(op, m.shape[-1], dtype=bool) & m[edge])})
-    return s._replace(decided=decided, mask=mask)
+    d = jnp.asarray(s.decided[cell_type]).at[edge].set(op)
+    # A pending edge's mask is its available experts, so ``live`` over the
+    # current mask gives every edge's experts under the new decision.
+    return s._replace(decided=dict(s.decided, **{cell_type: d}),
+                      mask=dict(s.mask, **{cell_type: live(d, jnp.asarray(s.mask[cell_type]))}))
   return jax.tree.map(one, opt_state, is_leaf=_is_state)
