@@ -167,3 +167,18 @@ def eval_config() -> ml_collections.ConfigDict:
   config.tensorboard = True  # event files in workdir/tensorboard
   config.figures = True  # workdir/genotype.png, the retrained cells
   return config
+
+
+def model_config(model: str = "xnas_jax.example_models:ChoiceCNN") -> ml_collections.ConfigDict:
+  """An XNAS search of a user's own Flax model (space ``"model"``): ``model``
+  names its class (``package.module:ClassName``), ``model_kwargs`` its
+  keyword arguments; the cell keys (``op_set``, ``channels``, ``num_cells``)
+  do not apply."""
+  config = base_config()
+  config.space = "model"
+  config.model = model
+  config.model_kwargs = ml_collections.ConfigDict()
+  config.epochs = 10
+  config.batch_size = 64
+  config.rebuild_wiped = False  # a wiped candidate costs nothing already (nn.cond)
+  return config

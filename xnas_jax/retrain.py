@@ -161,7 +161,7 @@ def init_state(run: Retraining, key: jax.Array) -> PyTree:
       "step": jnp.zeros([], jnp.int32),
       "epoch": jnp.zeros([], jnp.int32),
       "params": variables["params"],
-      "batch_stats": variables["batch_stats"],
+      "batch_stats": variables.get("batch_stats", {}),
       "opt_state": run.tx.init(variables["params"]),
       "data_key": jax.random.key_data(k_data),
   }
@@ -179,7 +179,7 @@ def loss_fn(run: Retraining, params, batch_stats, x, y, drop_prob, key):
   if aux is not None:
     loss = loss + cfg.aux_weight * jnp.mean(optax.softmax_cross_entropy(aux, targets))
   correct = jnp.sum(jnp.argmax(logits, -1) == y)
-  return loss, (upd["batch_stats"], correct)
+  return loss, (upd.get("batch_stats", {}), correct)
 
 
 def make_functions(run: Retraining) -> dict[str, Callable]:

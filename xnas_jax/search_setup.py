@@ -167,9 +167,12 @@ def build_search(config: ml_collections.ConfigDict) -> Search:
   """Validates the config, loads the data and builds network and optimizers."""
   validate_config(config)
   family = spaces.get(config.get("space", "darts"))
-  space = family.make_space(config)
   data = input_pipeline.load_search_data(config.dataset, config.seed, data_dir=config.data_dir or None,
                                          limit=config.get("limit", 0))
+  try:
+    space = family.make_space(config, data.image_shape, data.num_classes)
+  except ValueError as e:  # a model that cannot be searched (space 'model')
+    raise ConfigError(str(e)) from None
   size_error = family.image_size_error(data.image_shape, config.num_cells)
   if size_error:
     raise ConfigError(f"{config.dataset}: {size_error}")

@@ -5,7 +5,7 @@ between search spaces, so that the search loop, the architecture optimizers
 and the selection methods never ask which space they run on:
 
 * ``RULES`` / ``validate(config, error)``: its own config keys;
-* ``make_space(config) -> SearchSpace``: the cell's data (inputs, nodes,
+* ``make_space(config, image_shape, num_classes) -> SearchSpace``: the cell's data (inputs, nodes,
   edges, experts per edge, cell types, edges kept per node);
 * ``supernet(space, config, num_classes, **options)``: the search network,
   with ``init``/``apply`` over separate network and mixture-weight pytrees;
@@ -35,7 +35,7 @@ from xnas_jax import config_checks
 from xnas_jax.search_space import SearchSpace
 
 # Built-in families: config.space -> module name in this package.
-FAMILIES = ("darts", "nb201")
+FAMILIES = ("darts", "nb201", "model")
 
 
 def get(name: str) -> types.ModuleType:
@@ -57,9 +57,12 @@ def validate(config: ml_collections.ConfigDict,
   get(config.get("space", "darts")).validate(config, error)
 
 
-def make_space(config: ml_collections.ConfigDict) -> SearchSpace:
-  """The search space ``config`` describes (``config.space``, default DARTS)."""
-  return get(config.get("space", "darts")).make_space(config)
+def make_space(config: ml_collections.ConfigDict, image_shape: tuple[int, ...] | None = None,
+               num_classes: int | None = None) -> SearchSpace:
+  """The search space ``config`` describes (``config.space``, default DARTS),
+  for images of ``image_shape`` (a family that reads its space from a model
+  needs it)."""
+  return get(config.get("space", "darts")).make_space(config, image_shape, num_classes)
 
 
 def parse_genotype(obj: Any) -> Any:

@@ -58,7 +58,9 @@ def validate(config: ml_collections.ConfigDict, error: type = config_checks.Conf
                   "progressive search prunes per cell type; use arch_sharing='cell_type'")
 
 
-def make_space(config: ml_collections.ConfigDict) -> SearchSpace:
+def make_space(config: ml_collections.ConfigDict, image_shape=None, num_classes=None
+               ) -> SearchSpace:
+  del image_shape, num_classes  # a cell space does not depend on the data
   space = search_space.get_search_space(config.op_set, config.topology)
   if config.get("arch_sharing", "cell_type") == "cell":
     return search_space.per_cell(space, config.num_cells)
