@@ -5,11 +5,12 @@ import nbformat
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The tutorial runs from tests/test_tutorial.py, a file of its own, so that
-# xdist (--dist loadfile) can give it to the other worker.
+# The tutorials run from files of their own (tests/test_tutorial*.py), so that
+# xdist (--dist loadfile) can give them to the other worker.
 TUTORIAL = "tutorial_custom_optimizer.ipynb"
+OWN_MODEL_TUTORIAL = "tutorial_own_model.ipynb"  # tests/test_tutorial_own_model.py
 NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(ROOT, "notebooks"))
-                   if f.endswith(".ipynb") and f != TUTORIAL)
+                   if f.endswith(".ipynb") and f not in (TUTORIAL, OWN_MODEL_TUTORIAL))
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

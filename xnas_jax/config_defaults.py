@@ -179,6 +179,5 @@ def model_config(model: str = "xnas_jax.example_models:ChoiceCNN") -> ml_collect
   config.model = model
   config.model_kwargs = ml_collections.ConfigDict()
   config.epochs = 10
-  config.batch_size = 64
   config.rebuild_wiped = False  # a wiped candidate costs nothing already (nn.cond)
   return config

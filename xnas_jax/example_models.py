@@ -23,7 +23,7 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (self.kernel, self.kernel), use_bias=False)(nn.relu(x))
-    return nn.BatchNorm(use_running_average=not train)(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
 
 
 class SepConvBN(nn.Module):
@@ -36,7 +36,7 @@ class SepConvBN(nn.Module):
     c = x.shape[-1]
     x = nn.Conv(c, (self.kernel, self.kernel), feature_group_count=c, use_bias=False)(nn.relu(x))
     x = nn.Conv(self.features, (1, 1), use_bias=False)(x)
-    return nn.BatchNorm(use_running_average=not train)(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
 
 
 def identity(x: jax.Array, train: bool) -> jax.Array:
@@ -57,7 +57,7 @@ class ChoiceCNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     f = self.features
     x = nn.Conv(f, (3, 3), use_bias=False)(x)
-    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
     states = [x]
     for i in range(self.num_layers):
       x = Choice([ConvBN(f, 3), ConvBN(f, 5), SepConvBN(f, 3), identity],

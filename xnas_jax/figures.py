@@ -42,6 +42,14 @@ OP_COLORS = {
     "nor_conv_1x1": "#bcbd22", "nor_conv_3x3": "#393b79",
 }
 _OTHER = "#444444"
+# Operations of no named colour (a user's model's candidates): by index.
+_BY_INDEX = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+             "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def op_color(op: str, index: int) -> str:
+  """The colour of operation ``op``, the ``index``-th of its space."""
+  return OP_COLORS.get(op, _BY_INDEX[index % len(_BY_INDEX)])
 _DX, _DY = 4.8, 2.2  # spacing of the depth levels, and of the states within a level
 
 
@@ -181,6 +189,8 @@ def genotype_figure(genotype: Genotype, title: str = "") -> Figure:
   """The cells of ``genotype`` (any space family), side by side."""
   from xnas_jax import spaces  # pylint: disable=import-outside-toplevel
   fam = spaces.family_of_genotype(genotype)
+  if hasattr(fam, "genotype_figure"):  # a family whose genotype is not cells (a user's model)
+    return fam.genotype_figure(genotype, title)
   return cells_figure(fam.cells_to_draw(genotype), fam.INPUT_NAMES, title,
                       fam.NODE_NUMBERS_FROM)
 
@@ -240,7 +250,7 @@ def report_figure(lines: Sequence[dict[str, Any]], space: SearchSpace, title: st
     for e, (src, dst) in enumerate(edges):
       ax = fig.add_subplot(grid[dst - n_in, src])
       for i, op in enumerate(ops):
-        ax.plot(epochs, mix[:, e, i], color=OP_COLORS.get(op, _OTHER), lw=1.2)
+        ax.plot(epochs, mix[:, e, i], color=op_color(op, i), lw=1.2)
       ax.set_ylim(-0.02, 1.02)
       ax.set_xticks([])
       ax.set_yticks([])
@@ -248,13 +258,13 @@ def report_figure(lines: Sequence[dict[str, Any]], space: SearchSpace, title: st
               fontsize=6, va="top")
       if (src, dst) in kept:
         for side in ax.spines.values():
-          side.set_edgecolor(OP_COLORS.get(kept[(src, dst)], _OTHER))
+          side.set_edgecolor(op_color(kept[(src, dst)], list(ops).index(kept[(src, dst)])))
           side.set_linewidth(2.5)
     label = t if t.startswith("cell") or t.endswith("cell") else f"{t} cell"
     fig.text((c + 0.5) / len(types), 0.93, f"{label}: mixture weights u per edge over epochs "
              f"{epochs[0]}-{epochs[-1]}" + (" (framed: kept)" if kept and len(types) < 3 else ""),
              ha="center", fontsize=10)
-  handles = [patches.Patch(color=OP_COLORS.get(op, _OTHER), label=op) for op in ops]
+  handles = [patches.Patch(color=op_color(op, i), label=op) for i, op in enumerate(ops)]
   fig.legend(handles=handles, loc="upper center", ncol=len(ops), fontsize=8, frameon=False,
              bbox_to_anchor=(0.5, 0.975))
   for c, (key, label) in enumerate((("active", "live experts"), ("entropy", "normalized entropy"))):

@@ -455,3 +455,32 @@ def eval_network(genotype: ModelGenotype, num_classes: int, channels: int, num_c
 def cells_to_draw(genotype: ModelGenotype) -> list[tuple[str, Sequence, Sequence[int]]]:
   """One one-edge cell per label, its edge the chosen candidate(s)."""
   return [(l, ((("+".join(ns), 0),),), (1,)) for l, ns in genotype.chosen_names().items()]
+
+
+def genotype_figure(genotype: ModelGenotype, title: str = "") -> Any:
+  """One row per label: its candidates, the chosen ones filled in their
+  colour (``figures.op_color``, by candidate index)."""
+  from matplotlib import patches  # pylint: disable=import-outside-toplevel
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from xnas_jax import figures  # pylint: disable=import-outside-toplevel
+  rows, chosen = genotype.names, dict(genotype.choices)
+  width = max(len(ns) for _, ns in rows)
+  fig = Figure(figsize=(1.7 * width + 1.8, 0.55 * len(rows) + 0.9))
+  ax = fig.add_subplot()
+  for r, (label, names) in enumerate(rows):
+    y = len(rows) - 1 - r
+    ax.text(-0.1, y, label, ha="right", va="center", fontsize=9)
+    for i, name in enumerate(names):
+      on = i in chosen[label]
+      color = figures.op_color(_op(i), i)
+      ax.add_patch(patches.FancyBboxPatch((i + 0.06, y - 0.3), 0.88, 0.6,
+                                          boxstyle="round,pad=0.02", lw=1.2,
+                                          fc=color if on else "white", ec=color))
+      ax.text(i + 0.5, y, name, ha="center", va="center", fontsize=8,
+              color="white" if on else "#333333", weight="bold" if on else "normal")
+  ax.set_xlim(-1.4, width)
+  ax.set_ylim(-0.6, len(rows) - 0.4)
+  ax.axis("off")
+  fig.suptitle(f"{title} {genotype.model.rpartition(':')[2]}: chosen candidates (filled)".strip(),
+               fontsize=10)
+  return fig
