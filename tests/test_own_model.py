@@ -301,8 +301,6 @@ def test_searches_of_a_model_resume_exactly_and_give_a_fixed_model(tmp_path, mon
                             "arch_gradient": "darts_second_order"}),
     ("gdas_pt", {"arch_optimizer.name": "gdas", "selection": "perturbation",
                  "pt.tune_epochs": 1}),
-    ("drnas_sdarts", {"arch_optimizer.name": "drnas", "arch_optimizer.perturb_mixture":
-                      "adversarial", "arch_optimizer.warmup_epochs": 0}),
     ("sgas_pt", {"arch_optimizer.name": "sgas", "selection": "perturbation",
                  "arch_optimizer.decision_start_epoch": 0,
                  "arch_optimizer.decision_interval": 1, "epochs": 3}),
