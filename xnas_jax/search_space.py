@@ -104,8 +104,10 @@ class SearchSpace:
       ``[num_edges, num_ops]`` tuple-of-tuples of bools: which experts exist
       on which edge (all, except in ``s1``).
     cell_output: ``"concat"`` (DARTS: the nodes concatenated), ``"conv1x1"``
-      (XNAS: a 1x1 conv over them) or ``"last"`` (NAS-Bench-201: the last node).
-    topology: the name of the edge set (``"darts"``, ``"fixed"``, ``"complete"``).
+      (XNAS: a 1x1 conv over them) or ``"last"`` (NAS-Bench-201, a user's
+      model: the last node).
+    topology: the name of the edge set (``"darts"``, ``"fixed"``, ``"complete"``,
+      ``"model"``: one edge per label of a user's model).
     family: the ``xnas_jax.spaces`` family that builds the space's networks
       and reads and writes its genotypes.
     cell_types: the cell types that own architecture parameters; the keys

@@ -34,7 +34,8 @@ import ml_collections
 from xnas_jax import config_checks
 from xnas_jax.search_space import SearchSpace
 
-# Built-in families: config.space -> module name in this package.
+# Built-in families: config.space -> module name in this package ("model": a
+# user's own Flax model with choice points, spaces/model.py).
 FAMILIES = ("darts", "nb201", "model")
 
 
