@@ -367,8 +367,11 @@ def test_the_cli_searches_a_model_named_on_the_command_line_and_refuses_a_bad_on
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
                                          os.environ.get("PYTHONPATH", "")]))
-  bad = subprocess.run(cmd + ["--workdir", str(tmp_path / "bad"),
-                              "--config.model=test_own_model:NoChoice"],
+  own = tmp_path / "no_choice.py"  # a config file of one's own: the model takes no kwargs
+  own.write_text("from xnas_jax import config_defaults\n\n\ndef get_config():\n"
+                 "  return config_defaults.model_config('test_own_model:NoChoice')\n")
+  bad_cmd = [cmd[0], "-m", "xnas_jax.main", "--config", str(own)] + cmd[5:]
+  bad = subprocess.run(bad_cmd + ["--workdir", str(tmp_path / "bad")],
                        capture_output=True, text=True, env=env, timeout=300)
   assert bad.returncode == 2, bad.stderr
   err = [l for l in bad.stderr.strip().splitlines() if not l.startswith("WARNING:absl")]
