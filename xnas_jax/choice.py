@@ -33,6 +33,9 @@ A choice point reads what it does from where it runs:
 
 Candidates are called with the arguments the choice point is called with, so
 a candidate with batch norm takes ``train`` as the other candidates do.
+Arrays are passed positionally; Python values (``train``) and keyword
+arguments are static: they are closed over by the candidates' ``nn.cond``
+branches.
 """
 from __future__ import annotations
 
