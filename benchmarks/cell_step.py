@@ -28,6 +28,8 @@ import jax.numpy as jnp
 
 from xnas_jax import search_space, supernet
 
+import timing
+
 
 def measure(cell_type: str, wrt: tuple[int, ...], batch: int, size: int, channels: int,
             repeats: int, gate: str = "cond", edge_loop: str = "scan",
@@ -54,14 +56,7 @@ def measure(cell_type: str, wrt: tuple[int, ...], batch: int, size: int, channel
   fn = jax.jit(jax.value_and_grad(loss, argnums=wrt, has_aux=True)).lower(*args).compile()
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(3):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / 3)
-  return compile_s, sorted(times)[len(times) // 2]
+  return compile_s, timing.median_call_time(fn, args, repeats)
 
 
 # The per-backend choices (--variants): each changes one setting of the default cell.

@@ -16,7 +16,6 @@ Median of ``--repeats`` rounds of 3 calls after the compiling call.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import flax.linen as nn
@@ -29,6 +28,8 @@ from xnas_jax import search_space
 from xnas_jax import supernet as supernet_lib
 from xnas_jax.choice import Choice
 from xnas_jax.spaces import model as model_space
+
+import timing
 
 OP_SET, C = "s3", 8  # set from the command line before the model is built
 
@@ -70,14 +71,7 @@ def measure(fn, args, repeats):
   t0 = time.perf_counter()
   jax.block_until_ready(fn(*args))
   compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(3):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / 3)
-  return compile_s, statistics.median(times)
+  return compile_s, timing.median_call_time(fn, args, repeats)
 
 
 def main():

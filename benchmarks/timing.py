@@ -38,3 +38,18 @@ def warm_then_time(step: Callable[[int], Any], steps: int,
     out = step(i)
   sync(out)
   return first, (time.perf_counter() - t0) / steps, out
+
+
+def median_call_time(fn: Callable[..., Any], args: tuple, repeats: int, calls: int = 3) -> float:
+  """Seconds per call of a compiled ``fn(*args)``: the median (the upper one
+  for an even ``repeats``) over ``repeats`` rounds of ``calls`` calls, each
+  round waited for once at its end."""
+  import jax  # pylint: disable=import-outside-toplevel  (the PyTorch benchmarks share this file)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / calls)
+  return sorted(times)[len(times) // 2]
